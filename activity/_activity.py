@@ -1,0 +1,811 @@
+"""The :class:`Activity`: lifecycle, submission, drain and cancellation.
+
+This module wires the others together. A call flows one way:
+
+    validate (here) -> admit or reject (_admission) -> Call returned (_call)
+    -> dispatched with its context (_dispatch) -> outcome stored on the Call
+    -> counters and tracking (here, _admission, tracking) -> failure routed (here)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token, copy_context
+from threading import current_thread, get_ident
+from types import FunctionType, TracebackType
+from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, Unpack, cast, final, overload
+
+from . import tracking
+from ._admission import Admission, Waiter
+from ._call import CANCELLED, COMPLETED, FAILED, RUNNING, Call, CallStatus, Kind
+from ._config import ActivityConfig, FailurePolicy, Overflow
+from ._context import _Frame, _frame, current_activity
+from ._dispatch import AnyioDispatcher, AsyncioDispatcher, Dispatcher, Event
+from ._errors import (
+    ActivityClosedError,
+    ActivityError,
+    AsyncWorkRejectedError,
+    CallCancelledError,
+    InvalidArgumentError,
+    WrongThreadError,
+)
+
+__all__ = ["Activity", "create_activity"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+Ts = TypeVarTuple("Ts")
+
+_CO_COROUTINE: Final = inspect.CO_COROUTINE
+_CO_GENERATORS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_ids = itertools.count(1)
+
+
+class AsyncServiceCall(Protocol[T_co]):
+    """An object whose ``on_call()`` is a coroutine function (COM+'s ``IServiceCall``)."""
+
+    def on_call(self) -> Awaitable[T_co]: ...
+
+
+class ServiceCall(Protocol[T_co]):
+    """An object with a plain ``on_call()``, run in a worker thread."""
+
+    def on_call(self) -> T_co: ...
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CANCELLED = "cancelled"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _classify(fn: Any, args: tuple[Any, ...]) -> tuple[Kind, Any, Any]:
+    """Decide how ``fn`` runs: (kind, body, object whose on_error observes failures)."""
+    # The common case first, without inspect's unwrapping.
+    if type(fn) is FunctionType:
+        flags = fn.__code__.co_flags
+        if flags & _CO_COROUTINE:
+            return Kind.COROUTINE_FUNCTION, fn, None
+        if not flags & _CO_GENERATORS:
+            return Kind.BLOCKING, fn, None
+    if inspect.iscoroutine(fn):
+        if args:
+            raise InvalidArgumentError(
+                f"a coroutine object takes no arguments, got {len(args)} for {fn!r}",
+                field="args",
+                value=args,
+            )
+        return Kind.COROUTINE, fn, None
+    on_call = getattr(fn, "on_call", None)
+    if on_call is not None:
+        if not callable(on_call):
+            raise InvalidArgumentError(
+                f"{fn!r} has an on_call attribute that is not callable", field="fn", value=fn
+            )
+        if args:
+            raise InvalidArgumentError(
+                f"an object with on_call() takes no arguments, got {len(args)}",
+                field="args",
+                value=args,
+            )
+        on_error = getattr(fn, "on_error", None)
+        target = fn if callable(on_error) else None
+        kind = Kind.COROUTINE_FUNCTION if _is_async(on_call) else Kind.BLOCKING
+        return kind, on_call, target
+    if not callable(fn):
+        raise InvalidArgumentError(
+            "fn must be a coroutine function, a callable, an object with on_call() or a "
+            f"coroutine object; got {type(fn).__name__} {fn!r}",
+            field="fn",
+            value=fn,
+        )
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise InvalidArgumentError(
+            f"{fn!r} is a generator function; wrap it in a function that consumes it",
+            field="fn",
+            value=fn,
+        )
+    return (Kind.COROUTINE_FUNCTION if _is_async(fn) else Kind.BLOCKING), fn, None
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(cast("object", fn)), "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_timeout(timeout: Any, default: float | None) -> float | None:
+    if timeout is None:
+        return default
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidArgumentError(
+            f"timeout must be a positive number of seconds or None, got {timeout!r}",
+            field="timeout",
+            value=timeout,
+        )
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_name(name: Any) -> str | None:
+    if name is not None and not isinstance(name, str):
+        raise InvalidArgumentError(
+            f"name must be a str or None, got {name!r}", field="name", value=name
+        )
+    return name
+
+
+def _make_config(config: object, options: dict[str, Any]) -> ActivityConfig:
+    if config is None:
+        return ActivityConfig(**options)
+    if isinstance(config, ActivityConfig):
+        return config.with_options(options)
+    if isinstance(config, Mapping):
+        return ActivityConfig(**{**cast("Mapping[str, Any]", config), **options})
+    raise InvalidArgumentError(
+        f"config must be an ActivityConfig, a mapping or None, got {config!r}",
+        field="config",
+        value=config,
+    )
+
+
+def _refuse_coroutine(fn: Any) -> None:
+    """Close a coroutine object that will never run, so Python does not warn about it."""
+    if inspect.iscoroutine(fn):
+        fn.close()
+
+
+@final
+class Activity:
+    """A bounded, observable unit of batch work bound to one event loop.
+
+    The COM+ activity (``CoCreateActivity``) on an event loop. Enter it with
+    ``async with``; the block's body runs in the activity (``current_activity()``
+    is the activity there), and leaving the block stops admission, drains the
+    accepted work for up to ``shutdown_timeout`` seconds, cancels what is left,
+    and raises, in an ``ExceptionGroup``, every failure that nobody observed::
+
+        async with Activity(max_concurrency=8, max_pending=100, name="ingest") as act:
+            call = await act.asynchronous_call(fetch, url)     # accepted, or rejected
+            rows = await act.synchronous_call(parse, payload)  # the result
+
+    :param config: an :class:`ActivityConfig` (or a mapping of its fields)
+    :param options: fields of :class:`ActivityConfig`, overriding ``config``'s
+    :raises InvalidArgumentError: if an option is unknown or has a bad value
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_activity",
+        "_admission",
+        "_cancel_reason",
+        "_config",
+        "_dispatcher",
+        "_fail_fast",
+        "_handler_errors",
+        "_handlers_in_flight",
+        "_id",
+        "_idle_event",
+        "_locals",
+        "_name",
+        "_overflow",
+        "_parent",
+        "_running_calls",
+        "_state",
+        "_thread_id",
+        "_timeout",
+        "_token",
+        "_unobserved",
+    )
+
+    def __init__(
+        self, config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
+    ) -> None:
+        config = _make_config(config, options)
+        self._config = config
+        self._id = next(_ids)
+        self._name = config.name or f"activity-{self._id}"
+        self._activity = self  # the frame protocol: an activity's body belongs to it
+        self._admission = Admission(config.max_concurrency, config.max_pending)
+        self._overflow = config.overflow
+        self._timeout = config.timeout
+        self._fail_fast = config.failure_policy is FailurePolicy.FAIL_FAST
+        self._state = _State.NEW
+        self._dispatcher: Dispatcher | None = None
+        self._thread_id = 0
+        self._token: Token[_Frame | None] | None = None
+        self._parent: Activity | None = None
+        self._locals: dict[Any, Any] = {}
+        self._running_calls: set[Call[Any]] = set()
+        self._unobserved: dict[int, Call[Any]] = {}
+        self._handler_errors: list[BaseException] = []
+        self._handlers_in_flight = 0
+        self._idle_event: Event | None = None
+        self._cancel_reason: str | None = None
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def config(self) -> ActivityConfig:
+        """The frozen configuration the activity was created with."""
+        return self._config
+
+    @property
+    def name(self) -> str:
+        """The configured name, or ``activity-<id>``."""
+        return self._name
+
+    @property
+    def id(self) -> int:
+        """A number unique to this activity within the process."""
+        return self._id
+
+    @property
+    def parent(self) -> Activity | None:
+        """The activity that was current where this one was entered, if any."""
+        return self._parent
+
+    def statistics(self) -> tracking.ActivityStatistics:
+        """Return a frozen snapshot of the counters."""
+        a = self._admission
+        return tracking.ActivityStatistics.model_construct(
+            name=self._name,
+            id=self._id,
+            accepted=a.accepted,
+            rejected=a.rejected,
+            pending=a.pending,
+            running=a.running,
+            completed=a.completed,
+            failed=a.failed,
+            cancelled=a.cancelled,
+            max_concurrency=a.max_concurrency,
+            max_pending=a.max_pending,
+        )
+
+    def __repr__(self) -> str:
+        a = self._admission
+        return (
+            f"<Activity {self._name!r} {self._state.value} running={a.running} pending={a.pending}>"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Activity:
+        if self._state is not _State.NEW:
+            raise ActivityError(f"activity {self._name!r} can be entered only once")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            dispatcher = AnyioDispatcher(self)
+            await dispatcher.open()
+            self._dispatcher = dispatcher
+        else:
+            self._dispatcher = AsyncioDispatcher(self, loop)
+        self._thread_id = get_ident()
+        self._parent = current_activity()
+        self._token = _frame.set(self)
+        self._state = _State.OPEN
+        tracking._live.add(self)
+        if tracking._listeners:
+            tracking.emit(tracking.EventKind.ACTIVITY_OPENED, self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        if self._state is not _State.CANCELLED:
+            self._state = _State.CLOSING
+        self._refuse_waiters(self._closed_error())
+        interrupted: BaseException | None = None
+        try:
+            if exc is not None:
+                self._cancel_all(f"the activity's block raised {type(exc).__name__}")
+            elif not self._is_idle():
+                drained = await self._wait_idle_for(self._config.shutdown_timeout)
+                if not drained:
+                    self._cancel_all(
+                        f"shutdown_timeout ({self._config.shutdown_timeout} s) expired"
+                    )
+        except BaseException as error:  # cancelled while draining
+            interrupted = error
+            self._cancel_all("the activity's host was cancelled while draining")
+        finally:
+            if not self._is_idle():
+                event = self._idle_event = self._idle_event or dispatcher.new_event()
+                await dispatcher.wait_event_shielded(event)
+            self._state = _State.CLOSED
+            await dispatcher.aclose()
+            tracking._live.discard(self)
+            if self._token is not None:
+                try:
+                    _frame.reset(self._token)
+                except ValueError:  # exited in another context than it entered
+                    _frame.set(self._parent)
+                self._token = None
+            if tracking._listeners:
+                tracking.emit(tracking.EventKind.ACTIVITY_CLOSED, self)
+        failures: list[BaseException] = [call._exception for call in self._unobserved.values()]  # type: ignore[misc]
+        self._unobserved.clear()
+        failures.extend(self._handler_errors)
+        self._handler_errors = []
+        raised = interrupted if interrupted is not None else exc
+        if failures:
+            if raised is not None and not dispatcher.is_cancellation(raised):
+                failures.insert(0, raised)
+            message = f"{len(failures)} unobserved failure(s) in activity {self._name!r}"
+            if all(isinstance(f, Exception) for f in failures):
+                raise ExceptionGroup(message, failures)  # type: ignore[type-var]
+            raise BaseExceptionGroup(message, failures)
+        if interrupted is not None:
+            raise interrupted
+        return False
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Cancel every accepted call and stop admission.
+
+        Pending calls end ``CANCELLED`` at once; running calls are cancelled at
+        their next checkpoint. Later calls raise :class:`ActivityClosedError`.
+        The block's body is not cancelled: ``await wait_idle()`` waits for the
+        cancelled calls to end.
+
+        :param reason: said in each call's :class:`CallCancelledError`
+        """
+        if self._state in (_State.NEW, _State.CLOSED):
+            return
+        if self._state is _State.OPEN:
+            self._state = _State.CANCELLED
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "the activity was cancelled"
+        self._refuse_waiters(self._closed_error())
+        self._cancel_all(reason)
+
+    async def wait_idle(self) -> None:
+        """Wait until no call is pending or running (and no async error handler runs)."""
+        self._check_thread()
+        if not self._is_idle():
+            await self._wait_idle_for(None)
+
+    # -- submission ---------------------------------------------------------------------
+
+    @overload
+    async def asynchronous_call(
+        self,
+        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    @overload
+    async def asynchronous_call(
+        self, fn: Awaitable[T], /, *, name: str | None = None, timeout: float | None = None
+    ) -> Call[T]: ...
+    @overload
+    async def asynchronous_call(
+        self,
+        fn: AsyncServiceCall[T],
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    @overload
+    async def asynchronous_call(
+        self, fn: ServiceCall[T], /, *, name: str | None = None, timeout: float | None = None
+    ) -> Call[T]: ...
+    @overload
+    async def asynchronous_call(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    async def asynchronous_call(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
+        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+    ) -> Call[Any]:
+        """Queue ``fn(*args)`` to run in the activity; return once it is *accepted*.
+
+        The COM+ ``IServiceActivity::AsynchronousCall``. Returning a :class:`Call`
+        means the work was accepted (S_OK), not that it finished. ``fn`` is a
+        coroutine function (run as a task on the loop), a plain callable (run in
+        one of the activity's worker threads), an object with ``on_call()``
+        (whose ``on_error(exc)``, if any, observes its failure), or a coroutine
+        object (then no ``args``). Keyword arguments go through
+        ``functools.partial``.
+
+        :param fn: the work
+        :param args: positional arguments for ``fn``
+        :param name: a name for the call (tracebacks, tracking)
+        :param timeout: seconds the call may run before it fails with
+            :class:`CallTimeoutError` (default: the config's ``timeout``)
+        :return: the call's handle
+        :raises AsyncWorkRejectedError: if the queue is full (``Overflow.REJECT``), or
+            stays full for ``admission_timeout`` (``Overflow.WAIT``); the work never runs
+        :raises ActivityClosedError: if the activity is not open, cancelled or closing
+        :raises InvalidArgumentError: if ``fn``, ``name`` or ``timeout`` is not valid
+        :raises WrongThreadError: if called from another thread than the activity's
+        """
+        try:
+            self._check_open()
+            kind, body, target = _classify(fn, args)
+            call_timeout = _check_timeout(timeout, self._timeout)
+            _check_name(name)
+        except BaseException:
+            _refuse_coroutine(fn)
+            raise
+        context = copy_context()
+        call = Call._create(self, kind, body, args, target, name, call_timeout, context, False)
+        context.run(_frame.set, call)
+        admission = self._admission
+        if admission.can_run_now():
+            admission.accept_running(call)
+            self._running_calls.add(call)
+            self._dispatcher.start(call)  # type: ignore[union-attr]
+        elif admission.can_queue():
+            admission.accept_pending(call)
+        elif self._overflow is Overflow.WAIT:
+            await self._wait_for_admission(call, self._config.admission_timeout)
+        else:
+            self._reject(call, fn)
+        return call
+
+    @overload
+    async def synchronous_call(
+        self,
+        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        /,
+        *args: *Ts,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    async def synchronous_call(self, fn: Awaitable[T], /, *, timeout: float | None = None) -> T: ...
+    @overload
+    async def synchronous_call(
+        self, fn: AsyncServiceCall[T], /, *, timeout: float | None = None
+    ) -> T: ...
+    @overload
+    async def synchronous_call(
+        self, fn: ServiceCall[T], /, *, timeout: float | None = None
+    ) -> T: ...
+    @overload
+    async def synchronous_call(
+        self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts, timeout: float | None = None
+    ) -> T: ...
+    async def synchronous_call(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
+        self, fn: Any, /, *args: Any, timeout: float | None = None
+    ) -> Any:
+        """Run ``fn(*args)`` in the activity and return its result.
+
+        The COM+ ``IServiceActivity::SynchronousCall``. The call waits for its
+        turn (it is never rejected for a full queue), runs with the activity's
+        services, and its own exception is raised unchanged, traceback kept. A
+        coroutine body runs in the caller's task, in its own copy of the
+        context; a plain callable runs in a worker thread. Called from inside a
+        running call of the same activity, it runs at once, within the caller's
+        place, instead of waiting for a place that the caller itself holds.
+
+        :param fn: the work, as for :meth:`asynchronous_call`
+        :param args: positional arguments for ``fn``
+        :param timeout: seconds the call may run (default: the config's ``timeout``);
+            to bound the wait for a turn too, wrap the call in your own timeout
+        :return: what ``fn`` returned
+        :raises CallTimeoutError: if the call ran longer than ``timeout``
+        :raises CallCancelledError: if the call was cancelled by the activity
+        :raises ActivityClosedError: if the activity is not open, cancelled or closing
+        :raises InvalidArgumentError: if ``fn`` or ``timeout`` is not valid
+        :raises WrongThreadError: if called from another thread than the activity's
+        """
+        try:
+            self._check_open()
+            kind, body, target = _classify(fn, args)
+            call_timeout = _check_timeout(timeout, self._timeout)
+        except BaseException:
+            _refuse_coroutine(fn)
+            raise
+        frame = _frame.get()
+        reentrant = type(frame) is Call and frame._activity is self
+        context = copy_context()
+        call = Call._create(self, kind, body, args, target, None, call_timeout, context, True)
+        context.run(_frame.set, call)
+        admission = self._admission
+        if reentrant or admission.can_run_now():
+            admission.accept_running(call, hold_slot=not reentrant)
+        else:
+            return await self._synchronous_call_queued(call)
+        self._running_calls.add(call)
+        call._observed = True
+        status, value, exc = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
+        if status is CANCELLED:
+            self._finish(call, CANCELLED, None, None)
+            if exc is not None:  # the caller itself was cancelled
+                raise exc
+            raise self._cancelled_error(call)
+        self._finish(call, status, value, exc)
+        if exc is not None:
+            raise exc
+        return value
+
+    async def _synchronous_call_queued(self, call: Call[Any]) -> Any:
+        """The slow path of ``synchronous_call``: wait in line, then await the call's task."""
+        admission = self._admission
+        if admission.can_queue():
+            admission.accept_pending(call)
+        else:
+            await self._wait_for_admission(call, None)
+        try:
+            await call.wait()
+        except BaseException:
+            self._cancel_call(call, "the caller of synchronous_call was cancelled")
+            raise
+        return call.result()
+
+    # -- admission ----------------------------------------------------------------------
+
+    async def _wait_for_admission(self, call: Call[Any], timeout: float | None) -> None:
+        """Park until the queue has room for ``call``, which is then accepted."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        waiter = Waiter(call, dispatcher.new_event())
+        self._admission.waiters.append(waiter)
+        try:
+            admitted = await dispatcher.wait_event(waiter.event, timeout)
+        except BaseException:
+            if not waiter.event.is_set():
+                self._admission.waiters.remove(waiter)
+                _refuse_coroutine(call._fn)
+            # else: the call was accepted before the cancellation arrived; it runs.
+            raise
+        if waiter.refused is not None:
+            _refuse_coroutine(call._fn)
+            raise waiter.refused
+        if not admitted:
+            self._admission.waiters.remove(waiter)
+            self._reject(call, call._fn, waited=timeout)
+
+    def _reject(self, call: Call[Any], fn: Any, waited: float | None = None) -> None:
+        self._admission.rejected += 1
+        _refuse_coroutine(fn)
+        if tracking._listeners:
+            tracking.emit(tracking.EventKind.CALL_REJECTED, self, call)
+        a = self._admission
+        how = f" after waiting {waited} s" if waited is not None else ""
+        raise AsyncWorkRejectedError(
+            f"activity {self._name!r} rejected {call.name!r}{how}: {a.running} running "
+            f"(max_concurrency={a.max_concurrency}) and {a.pending} pending "
+            f"(max_pending={a.max_pending})"
+        )
+
+    def _pump(self) -> None:
+        """Start queued calls while slots are free, then let waiters in."""
+        admission = self._admission
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        while (call := admission.pop_ready()) is not None:
+            self._running_calls.add(call)
+            dispatcher.start(call)
+        while (waiter := admission.pop_waiter()) is not None:
+            call = waiter.call
+            if admission.can_run_now():
+                admission.accept_running(call)
+                self._running_calls.add(call)
+                dispatcher.start(call)
+            else:
+                admission.accept_pending(call)
+            waiter.event.set()
+
+    def _refuse_waiters(self, error: BaseException) -> None:
+        waiters = self._admission.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            waiter.refused = error
+            waiter.event.set()
+
+    # -- the end of a call ------------------------------------------------------------------
+
+    def _finish(
+        self, call: Call[Any], status: CallStatus, result: Any, exc: BaseException | None
+    ) -> None:
+        """Record how ``call`` ended, tell whoever waits, route a failure, admit more."""
+        if call._status is not RUNNING and call._status is not CallStatus.PENDING:
+            return  # already finished (a cancellation raced with the end)
+        freed = self._admission.finish(call, status)
+        self._running_calls.discard(call)
+        if status is COMPLETED:
+            call._result = result
+        elif status is FAILED:
+            call._exception = exc
+        else:
+            call._exception = self._cancelled_error(call)
+        call._args = ()
+        call._context = None
+        event = call._event
+        if event is not None:
+            event.set()
+        if status is FAILED:
+            assert exc is not None
+            self._on_failure(call, exc)
+        if tracking._listeners:
+            tracking.emit(tracking.EventKind.CALL_FINISHED, self, call)
+        if freed:
+            self._pump()
+        if self._idle_event is not None and self._is_idle():
+            self._idle_event.set()
+            self._idle_event = None
+
+    def _on_failure(self, call: Call[Any], exc: BaseException) -> None:
+        """Route a failure: on_error, error_handler; else keep it for the exit."""
+        if call._synchronous:
+            if not call._observed:
+                self._unobserved[call._id] = call
+            return
+        observed = False
+        target = call._error_target
+        if target is not None:
+            self._invoke_handler(target.on_error, exc)
+            observed = True
+        handler = self._config.error_handler
+        if handler is not None:
+            self._invoke_handler(handler, call, exc)
+            observed = True
+        if not observed and not call._observed:
+            self._unobserved[call._id] = call
+        if self._fail_fast and self._state is _State.OPEN:
+            self.cancel(f"fail-fast: call {call.name!r} failed with {type(exc).__name__}")
+
+    def _invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None:
+        try:
+            outcome = handler(*args)
+        except BaseException as error:
+            self._handler_failed(error)
+            return
+        if inspect.isawaitable(outcome):
+            self._handlers_in_flight += 1
+            self._dispatcher.spawn(self._await_handler(outcome))  # type: ignore[union-attr]
+
+    async def _await_handler(self, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except BaseException as error:
+            self._handler_failed(error)
+        finally:
+            self._handlers_in_flight -= 1
+            if self._idle_event is not None and self._is_idle():
+                self._idle_event.set()
+                self._idle_event = None
+
+    def _handler_failed(self, error: BaseException) -> None:
+        # COM+ fails fast when OnError fails: the error is never swallowed, and the
+        # activity stops taking and running work.
+        self._handler_errors.append(error)
+        self.cancel(f"an error handler failed with {type(error).__name__}")
+
+    def _listener_failed(self, error: BaseException) -> None:
+        self._handler_errors.append(error)
+
+    def _observed(self, call: Call[Any]) -> None:
+        self._unobserved.pop(call._id, None)
+
+    # -- cancellation ---------------------------------------------------------------------
+
+    def _cancel_call(self, call: Call[Any], reason: str | None) -> bool:
+        status = call._status
+        if status is CallStatus.PENDING:
+            if call._cancel_reason is None:
+                call._cancel_reason = reason
+            call._cancel_requested = True
+            self._finish(call, CANCELLED, None, None)
+            return True
+        if status is RUNNING:
+            if call._cancel_reason is None:
+                call._cancel_reason = reason
+            self._dispatcher.cancel_running(call)  # type: ignore[union-attr]
+            return True
+        return False
+
+    def _cancel_all(self, reason: str | None) -> None:
+        for call in self._admission.drain_pending():
+            call._cancel_reason = reason
+            call._cancel_requested = True
+            self._finish(call, CANCELLED, None, None)
+        for call in list(self._running_calls):
+            self._cancel_call(call, reason)
+
+    def _cancelled_error(self, call: Call[Any]) -> CallCancelledError:
+        reason = call._cancel_reason or self._cancel_reason
+        because = f": {reason}" if reason else ""
+        return CallCancelledError(f"call {call.name!r} was cancelled{because}")
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def _is_idle(self) -> bool:
+        return self._admission.in_flight == 0 and self._handlers_in_flight == 0
+
+    async def _wait_idle_for(self, timeout: float | None) -> bool:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        event = self._idle_event
+        if event is None:
+            event = self._idle_event = dispatcher.new_event()
+        return await dispatcher.wait_event(event, timeout)
+
+    async def _wait_call(self, call: Call[Any]) -> None:
+        event = call._event
+        if event is None:
+            dispatcher = self._dispatcher
+            assert dispatcher is not None
+            event = call._event = dispatcher.new_event()
+        await event.wait()
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _check_thread(self) -> None:
+        if get_ident() != self._thread_id and self._state is not _State.NEW:
+            raise WrongThreadError(
+                f"activity {self._name!r} belongs to the event loop of another thread; "
+                f"this is {current_thread().name!r}. From a foreign thread, submit through "
+                "the loop: asyncio.run_coroutine_threadsafe(act.synchronous_call(fn), loop) "
+                "or anyio.from_thread.run(act.synchronous_call, fn)"
+            )
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN or get_ident() != self._thread_id:
+            self._check_thread()
+            raise self._closed_error()
+
+    def _closed_error(self) -> ActivityClosedError:
+        state = self._state
+        if state is _State.NEW:
+            return ActivityClosedError(
+                f"activity {self._name!r} is not open yet: enter it with 'async with'"
+            )
+        if state is _State.CANCELLED:
+            return ActivityClosedError(
+                f"activity {self._name!r} was cancelled ({self._cancel_reason}) and takes no work"
+            )
+        return ActivityClosedError(f"activity {self._name!r} is {state.value} and takes no work")
+
+    # -- activity-local values ----------------------------------------------------------------
+
+    def _local_lookup(self, key: Any, missing: Any) -> Any:
+        return self._locals.get(key, missing)
+
+    def _local_store(self, key: Any, value: Any) -> None:
+        self._locals[key] = value
+
+
+def create_activity(
+    config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
+) -> Activity:
+    """Create an :class:`Activity` from a configuration (COM+'s ``CoCreateActivity``).
+
+    :param config: an :class:`ActivityConfig`, or a mapping of its fields
+    :param options: fields of :class:`ActivityConfig`, overriding ``config``'s
+    :return: the activity, to be entered with ``async with``
+    :raises InvalidArgumentError: if an option is unknown or has a bad value
+    """
+    return Activity(config, **options)
+
+
+Activity.__module__ = "activity"
+create_activity.__module__ = "activity"

@@ -1,0 +1,278 @@
+"""The handle of one accepted call: :class:`Call` and :class:`CallStatus`."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+
+from ._errors import CallPendingError, hresult_of
+from ._hresult import HResult
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+    from contextvars import Context
+
+    from ._activity import Activity
+    from ._dispatch import Event
+
+__all__ = ["Call", "CallStatus"]
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class CallStatus(enum.Enum):
+    """Where a :class:`Call` is in its life. Every accepted call ends in one of the last three."""
+
+    #: Accepted, waiting in the activity's queue for a place to run.
+    PENDING = "pending"
+    #: Its body is running.
+    RUNNING = "running"
+    #: The body returned; ``result()`` gives the value.
+    COMPLETED = "completed"
+    #: The body raised, timed out or returned a failing ``HResult``; ``exception()`` gives why.
+    FAILED = "failed"
+    #: Cancelled on purpose (``Call.cancel()``, ``Activity.cancel()``, shutdown); not an error.
+    CANCELLED = "cancelled"
+
+
+PENDING: Final = CallStatus.PENDING
+RUNNING: Final = CallStatus.RUNNING
+COMPLETED: Final = CallStatus.COMPLETED
+FAILED: Final = CallStatus.FAILED
+CANCELLED: Final = CallStatus.CANCELLED
+FINISHED: Final = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class Kind(enum.Enum):
+    """How a call's body runs (decided once, when the call is submitted)."""
+
+    COROUTINE_FUNCTION = "coroutine function"
+    COROUTINE = "coroutine object"
+    BLOCKING = "blocking callable"
+
+
+_ids = itertools.count(1)
+
+
+@final
+class Call(Generic[T_co]):
+    """The handle of one call accepted by :meth:`Activity.asynchronous_call`.
+
+    Returning a ``Call`` means the activity *accepted* the work (COM+'s S_OK),
+    not that it finished. The call then ends ``COMPLETED``, ``FAILED`` or
+    ``CANCELLED``, always, and whoever awaits it is told::
+
+        call = await act.asynchronous_call(fetch, url)
+        page = await call          # the result, or the call's exception
+
+    Awaiting a call (or asking for ``result()`` / ``exception()``) *observes*
+    its failure, so the activity does not raise it again when it exits.
+    Created only by an activity.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_activity",
+        "_args",
+        "_cancel_reason",
+        "_cancel_requested",
+        "_context",
+        "_error_target",
+        "_event",
+        "_exception",
+        "_fn",
+        "_future",
+        "_holds_slot",
+        "_id",
+        "_kind",
+        "_name",
+        "_observed",
+        "_result",
+        "_status",
+        "_synchronous",
+        "_timed_out",
+        "_timeout",
+        "_timer",
+    )
+
+    _activity: Activity
+    _args: tuple[Any, ...]
+    _cancel_reason: str | None
+    _cancel_requested: bool
+    _context: Context | None
+    _error_target: Any
+    _event: Event | None
+    _exception: BaseException | None
+    _fn: Any
+    _future: Any
+    _holds_slot: bool
+    _id: int
+    _kind: Kind
+    _name: str | None
+    _observed: bool
+    _result: Any
+    _status: CallStatus
+    _synchronous: bool
+    _timed_out: bool
+    _timeout: float | None
+    _timer: Any
+
+    def __init__(self) -> None:
+        raise TypeError("Call objects are created by Activity.asynchronous_call(), not directly")
+
+    @classmethod
+    def _create(
+        cls,
+        activity: Activity,
+        kind: Kind,
+        fn: Any,
+        args: tuple[Any, ...],
+        error_target: Any,
+        name: str | None,
+        timeout: float | None,
+        context: Context,
+        synchronous: bool,
+    ) -> Call[Any]:
+        self = object.__new__(cls)
+        self._activity = activity
+        self._kind = kind
+        self._fn = fn
+        self._args = args
+        self._error_target = error_target
+        self._name = name
+        self._timeout = timeout
+        self._context = context
+        self._synchronous = synchronous
+        self._id = next(_ids)
+        self._status = PENDING
+        self._result = None
+        self._exception = None
+        self._observed = False
+        self._event = None
+        self._future = None
+        self._timer = None
+        self._holds_slot = False
+        self._cancel_requested = False
+        self._cancel_reason = None
+        self._timed_out = False
+        return self
+
+    # -- read-only state ------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """A number unique to this call within the process."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The name given at submission, or one made from the function's name."""
+        if self._name is not None:
+            return self._name
+        fn = self._fn
+        if fn is None:
+            return f"call-{self._id}"
+        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return f"{qualname}#{self._id}"
+
+    @property
+    def activity(self) -> Activity:
+        """The activity that accepted the call."""
+        return self._activity
+
+    @property
+    def status(self) -> CallStatus:
+        """The call's :class:`CallStatus`."""
+        return self._status
+
+    @property
+    def hresult(self) -> HResult:
+        """``S_OK`` once completed, ``E_PENDING`` until finished, else the failure's code."""
+        status = self._status
+        if status is COMPLETED:
+            return HResult.S_OK
+        if status is PENDING or status is RUNNING:
+            return HResult.E_PENDING
+        if status is CANCELLED:
+            return HResult.E_ABORT
+        assert self._exception is not None
+        return hresult_of(self._exception)
+
+    def done(self) -> bool:
+        """Return whether the call has finished (completed, failed or cancelled)."""
+        return self._status in FINISHED
+
+    def cancelled(self) -> bool:
+        """Return whether the call ended ``CANCELLED``."""
+        return self._status is CANCELLED
+
+    # -- outcome --------------------------------------------------------------------
+
+    def result(self) -> T_co:
+        """Return the call's result, or raise its exception.
+
+        :raises CallPendingError: if the call has not finished
+        :raises CallCancelledError: if the call was cancelled
+        :raises BaseException: the call's own exception if it failed
+        """
+        status = self._status
+        if status is COMPLETED:
+            return self._result  # type: ignore[no-any-return]
+        if status not in FINISHED:
+            raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
+        exc = self._exception
+        assert exc is not None
+        self._mark_observed()
+        raise exc
+
+    def exception(self) -> BaseException | None:
+        """Return the call's exception, or ``None`` if it completed.
+
+        A cancelled call gives its :class:`CallCancelledError`.
+
+        :raises CallPendingError: if the call has not finished
+        """
+        status = self._status
+        if status not in FINISHED:
+            raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
+        self._mark_observed()
+        return self._exception
+
+    async def wait(self) -> None:
+        """Wait until the call has finished. Never raises the call's exception."""
+        if self._status not in FINISHED:
+            await self._activity._wait_call(self)
+
+    def __await__(self) -> Generator[Any, Any, T_co]:
+        if self._status not in FINISHED:
+            yield from self._activity._wait_call(self).__await__()
+        return self.result()
+
+    def cancel(self, reason: str | None = None) -> bool:
+        """Ask for the call to be cancelled.
+
+        A pending call ends ``CANCELLED`` at once; a running one is cancelled at
+        its next checkpoint (a blocking function in a worker thread is abandoned:
+        the thread cannot be stopped, but its result is ignored).
+
+        :param reason: said in the :class:`CallCancelledError`
+        :return: ``False`` if the call had already finished, else ``True``
+        """
+        return self._activity._cancel_call(self, reason)
+
+    def _mark_observed(self) -> None:
+        if not self._observed:
+            self._observed = True
+            if self._status is not COMPLETED:
+                self._activity._observed(self)
+
+    def __repr__(self) -> str:
+        return f"<Call {self.name!r} {self._status.value} in {self._activity.name!r}>"
+
+
+Call.__module__ = "activity"
+CallStatus.__module__ = "activity"

@@ -1,0 +1,135 @@
+"""The activity's service configuration: :class:`ActivityConfig` and its enums.
+
+``ActivityConfig`` plays the part of COM+'s ``CServiceConfig``: it is read once,
+when the activity is created, and is frozen afterwards.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._errors import InvalidArgumentError
+
+__all__ = ["ActivityConfig", "FailurePolicy", "Overflow"]
+
+
+class Overflow(enum.Enum):
+    """What :meth:`Activity.asynchronous_call` does when the work queue is full."""
+
+    #: Raise :class:`AsyncWorkRejectedError` at once (COM+'s ``CO_E_ASYNC_WORK_REJECTED``).
+    REJECT = "reject"
+    #: Wait up to ``admission_timeout`` for a place in the queue, then reject.
+    WAIT = "wait"
+
+
+class FailurePolicy(enum.Enum):
+    """What the failure of one asynchronous call does to the others."""
+
+    #: A failed call is reported; the other calls go on (COM+ semantics).
+    ISOLATE = "isolate"
+    #: The first failure cancels every other call of the activity and closes admission.
+    FAIL_FAST = "fail_fast"
+
+
+#: ``error_handler(call, exc)``; kept loose here because pydantic validates it at runtime.
+ErrorHandler = Callable[..., object]
+
+
+class ActivityConfig(BaseModel):
+    """The services of an activity, validated and frozen.
+
+    Build it with keyword arguments, or from a mapping or a JSON document with
+    :meth:`model_validate` and :meth:`model_validate_json`. A bad value raises
+    :class:`InvalidArgumentError` naming the field and the value.
+
+    .. versionadded:: 0.1
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_default=True, arbitrary_types_allowed=True
+    )
+
+    #: A name for tracking, tracebacks and worker-thread names.
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    #: How many calls may run at once.
+    max_concurrency: int = Field(default=100, ge=1)
+    #: How many accepted calls may wait for a place to run (FIFO).
+    max_pending: int = Field(default=1000, ge=0)
+    #: What a full queue does to a new asynchronous call.
+    overflow: Overflow = Overflow.REJECT
+    #: With ``Overflow.WAIT``: seconds to wait for a place before rejecting (None: no limit).
+    admission_timeout: float | None = Field(default=None, ge=0)
+    #: How many worker threads the activity's blocking calls may use at once.
+    thread_limit: int = Field(default=40, ge=1)
+    #: Default per-call timeout in seconds (None: no limit).
+    timeout: float | None = Field(default=None, gt=0)
+    #: Seconds that leaving the activity waits for accepted work before cancelling it.
+    shutdown_timeout: float | None = Field(default=10.0, ge=0)
+    #: Whether one failure leaves the other calls alone (the default) or cancels them.
+    failure_policy: FailurePolicy = FailurePolicy.ISOLATE
+    #: Called as ``error_handler(call, exc)`` (sync or async) when an asynchronous call fails.
+    error_handler: ErrorHandler | None = Field(default=None, exclude=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Build a config from a mapping (or another config).
+
+        :raises InvalidArgumentError: if a field is unknown or has a bad value
+        """
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """Build a config from a JSON document.
+
+        :raises InvalidArgumentError: if the JSON is malformed, a field is unknown or
+            has a bad value
+        """
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    def with_options(self, options: Mapping[str, Any]) -> ActivityConfig:
+        """Return a copy with some fields replaced, validated again.
+
+        :raises InvalidArgumentError: if an option is unknown or has a bad value
+        """
+        if not options:
+            return self
+        data = {name: getattr(self, name) for name in type(self).model_fields}
+        data.update(options)
+        return ActivityConfig(**data)
+
+
+def _invalid(exc: ValidationError) -> InvalidArgumentError:
+    """Turn pydantic's error into ours, naming the first bad field and value."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        message = f"ActivityConfig has no field {field!r} (got {field}={value!r})"
+    else:
+        message = f"ActivityConfig.{field}: {first['msg']} (got {value!r})"
+    if len(errors) > 1:
+        others = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[1:])
+        message += f"; also invalid: {others}"
+    return InvalidArgumentError(message, field=field, value=value)
+
+
+for _obj in (ActivityConfig, Overflow, FailurePolicy):
+    _obj.__module__ = "activity"

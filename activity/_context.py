@@ -1,0 +1,134 @@
+"""Which activity the running code belongs to, and the values it carries.
+
+One context variable, ``_frame``, holds the innermost *frame*: the activity
+whose ``async with`` body is running, or the :class:`Call` whose body is
+running. Both expose the activity as ``_activity``, so ``current_activity()``
+is a single lookup. Every call runs in its own copy of its submitter's
+context with the frame set to the call, so the value flows into tasks and
+worker threads and never into another activity.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
+
+from ._errors import ActivityError
+
+if TYPE_CHECKING:
+    from ._activity import Activity
+
+__all__ = ["ActivityLocal", "current_activity"]
+
+T = TypeVar("T")
+
+
+class _Frame(Protocol):
+    @property
+    def _activity(self) -> Activity: ...
+
+
+_frame: Final[ContextVar[_Frame | None]] = ContextVar("activity.frame", default=None)
+
+
+def current_activity() -> Activity | None:
+    """Return the activity the calling code runs in, or ``None`` outside any.
+
+    Inside ``async with Activity() as act:`` this is ``act``; inside a call
+    (a coroutine on the loop or a blocking function in a worker thread) it is
+    the activity that accepted the call.
+    """
+    frame = _frame.get()
+    return None if frame is None else frame._activity
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Final = _Missing()
+
+
+@final
+class ActivityLocal(Generic[T]):
+    """A value per activity, seen by every call of that activity.
+
+    This is COM+'s *context property*: ``set()`` stores the value in the
+    current activity, and every call of that activity, in a task or a worker
+    thread, reads it with ``get()``. Two activities never see each other's
+    values, however their calls interleave.
+
+    ::
+
+        tenant = ActivityLocal[str]("tenant", default="public")
+
+        async with Activity() as act:
+            tenant.set("acme")
+            await act.synchronous_call(lambda: tenant.get())  # "acme"
+
+    :param name: a name for reprs and error messages
+    :param default: what ``get()`` returns when the activity has no value (and
+        outside any activity); without it, ``get()`` raises ``LookupError`` then
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_default", "_name")
+
+    def __init__(self, name: str, *, default: T | _Missing = _MISSING) -> None:
+        if not isinstance(cast("object", name), str) or not name:
+            from ._errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"ActivityLocal name must be a non-empty str, got {name!r}",
+                field="name",
+                value=name,
+            )
+        self._name = name
+        self._default = default
+
+    @property
+    def name(self) -> str:
+        """The name given at creation."""
+        return self._name
+
+    def get(self, default: T | _Missing = _MISSING) -> T:
+        """Return the current activity's value.
+
+        :param default: returned when there is no value (overrides the local's default)
+        :raises LookupError: if there is no value and no default
+        """
+        frame = _frame.get()
+        if frame is not None:
+            value = frame._activity._local_lookup(self, _MISSING)
+            if value is not _MISSING:
+                return value  # type: ignore[no-any-return]
+        if not isinstance(default, _Missing):
+            return default
+        if not isinstance(self._default, _Missing):
+            return self._default
+        where = "outside any activity" if frame is None else "in this activity"
+        raise LookupError(f"ActivityLocal {self._name!r} has no value {where}")
+
+    def set(self, value: T) -> None:
+        """Store ``value`` in the current activity.
+
+        :raises ActivityError: if called outside any activity
+        """
+        frame = _frame.get()
+        if frame is None:
+            raise ActivityError(
+                f"ActivityLocal {self._name!r} can only be set inside an activity "
+                "(an 'async with Activity()' block or one of its calls)"
+            )
+        frame._activity._local_store(self, value)
+
+    def __repr__(self) -> str:
+        return f"<ActivityLocal {self._name!r}>"
+
+
+ActivityLocal.__module__ = "activity"
+current_activity.__module__ = "activity"

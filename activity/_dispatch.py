@@ -1,0 +1,419 @@
+"""How one call body runs: a task on the loop, a worker thread, or inline.
+
+Two dispatchers share one small interface, and :class:`Activity` picks one
+when it is entered:
+
+``AsyncioDispatcher`` (asyncio and uvloop) is the hot path. A coroutine call
+is one native task created with the call's context, finished by a done
+callback: there is no wrapper coroutine and no anyio task group, whose
+per-task cancel scope costs several times a native task. A blocking call is
+one ``run_in_executor`` future on the activity's own thread pool (its thread
+limiter), again finished by a done callback, without a task.
+
+``AnyioDispatcher`` (trio, or any backend anyio supports) runs each call in
+its own task of an anyio task group, inside a cancel scope, and blocking calls
+through ``anyio.to_thread.run_sync`` with the activity's ``CapacityLimiter``.
+
+Both run a ``synchronous_call`` *inline*, in the caller's own task: the body's
+coroutine is driven step by step inside the call's context by
+:func:`drive_in_context`, so it sees its own copy of the context (and its
+``ContextVar`` writes stay there) without the cost of a new task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import types
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from ._call import CANCELLED, COMPLETED, FAILED, RUNNING, Call, CallStatus, Kind
+from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
+from ._hresult import HResult
+
+if TYPE_CHECKING:
+    import contextvars
+    from collections.abc import Callable, Coroutine, Generator
+
+    from ._activity import Activity
+
+__all__ = ["AnyioDispatcher", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome"]
+
+#: (status, result, exception) of a finished call.
+Outcome = tuple[CallStatus, Any, BaseException | None]
+
+
+class Event(Protocol):
+    """What both ``asyncio.Event`` and ``anyio.Event`` offer."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> Any: ...
+
+
+class Dispatcher(Protocol):
+    """The backend-specific half of an activity."""
+
+    def new_event(self) -> Event: ...
+    def start(self, call: Call[Any]) -> None: ...
+    def cancel_running(self, call: Call[Any]) -> None: ...
+    async def run_inline(self, call: Call[Any]) -> Outcome: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    def is_cancellation(self, exc: BaseException) -> bool: ...
+    async def wait_event(self, event: Event, timeout: float | None) -> bool: ...
+    async def wait_event_shielded(self, event: Event) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+@types.coroutine
+def drive_in_context(
+    coro: Coroutine[Any, Any, Any], context: contextvars.Context
+) -> Generator[Any, Any, Any]:
+    """Run ``coro`` to completion in the current task, but inside ``context``.
+
+    Each step of the coroutine runs under ``context.run``; whatever it yields
+    (an asyncio future, a trio trap) goes up to the event loop unchanged, and
+    whatever the loop sends or throws back goes down unchanged. This is what a
+    task does, minus the task: the body gets its own context at the cost of one
+    ``Context.run`` per step.
+    """
+    send = coro.send
+    throw = coro.throw
+    run = context.run
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            yielded = run(send, value) if error is None else run(throw, error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield yielded
+            error = None
+        except GeneratorExit:
+            run(coro.close)
+            raise
+        except BaseException as exc:
+            value = None
+            error = exc
+
+
+def _outcome_of_result(call: Call[Any], result: Any) -> Outcome:
+    """Completed, unless the body returned a failing ``HResult`` or a stray coroutine."""
+    if type(result) is HResult and result >= 0x80000000:
+        return FAILED, None, error_from_hresult(result)
+    if inspect.iscoroutine(result):
+        result.close()
+        return (
+            FAILED,
+            None,
+            InvalidArgumentError(
+                f"{call.name!r} is a plain callable that returned a coroutine; pass the "
+                "coroutine function itself (or the coroutine object) so that it runs on the loop"
+            ),
+        )
+    return COMPLETED, result, None
+
+
+def timeout_error(call: Call[Any]) -> CallTimeoutError:
+    """The failure of a call whose run outlived its timeout."""
+    return CallTimeoutError(f"call {call.name!r} did not finish within {call._timeout} s")
+
+
+class AsyncioDispatcher:
+    """Native asyncio tasks and an activity-owned thread pool (see the module doc)."""
+
+    __slots__ = (
+        "_activity",
+        "_executor",
+        "_loop",
+        "_system_tasks",
+        "_thread_limit",
+        "_thread_name",
+    )
+
+    def __init__(self, activity: Activity, loop: asyncio.AbstractEventLoop) -> None:
+        self._activity = activity
+        self._loop = loop
+        self._thread_limit = activity.config.thread_limit
+        self._thread_name = f"activity-{activity.name}"
+        self._executor: ThreadPoolExecutor | None = None
+        self._system_tasks: set[asyncio.Task[None]] = set()
+
+    def _get_executor(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(
+                max_workers=self._thread_limit, thread_name_prefix=self._thread_name
+            )
+        return executor
+
+    def new_event(self) -> Event:
+        return asyncio.Event()
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncio.CancelledError)
+
+    def start(self, call: Call[Any]) -> None:
+        loop = self._loop
+        context = call._context
+        assert context is not None
+        if call._kind is Kind.BLOCKING:
+            run: Callable[..., Any] = context.run
+            future = loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
+            call._future = future
+            # Not the call's context: a cancelled future finishes while the
+            # abandoned thread may still be inside it, and a context can be
+            # entered only once at a time.
+            future.add_done_callback(self._thread_done(call), context=context.copy())
+        else:
+            if call._kind is Kind.COROUTINE:
+                coro = call._fn
+            else:
+                try:
+                    coro = context.run(call._fn, *call._args)
+                except BaseException as exc:
+                    loop.call_soon(self._activity._finish, call, FAILED, None, exc)
+                    return
+                if not inspect.iscoroutine(coro):
+                    loop.call_soon(self._activity._finish, call, *_outcome_of_result(call, coro))
+                    return
+            task = loop.create_task(coro, context=context)
+            call._future = task
+            task.add_done_callback(self._task_done(call), context=context)
+        if call._timeout is not None:
+            call._timer = loop.call_later(call._timeout, self._on_timeout, call)
+
+    def _task_done(self, call: Call[Any]) -> Callable[[asyncio.Task[Any]], None]:
+        def done(task: asyncio.Task[Any]) -> None:
+            self._activity._finish(call, *self._outcome(call, task))
+
+        return done
+
+    def _thread_done(self, call: Call[Any]) -> Callable[[asyncio.Future[Any]], None]:
+        def done(future: asyncio.Future[Any]) -> None:
+            self._activity._finish(call, *self._outcome(call, future))
+
+        return done
+
+    @staticmethod
+    def _outcome(call: Call[Any], future: asyncio.Future[Any]) -> Outcome:
+        timer = call._timer
+        if timer is not None:
+            timer.cancel()
+            call._timer = None
+        call._future = None
+        if future.cancelled():
+            if call._timed_out and not call._cancel_requested:
+                return FAILED, None, timeout_error(call)
+            return CANCELLED, None, None
+        exc = future.exception()
+        if exc is not None:
+            return FAILED, None, exc
+        return _outcome_of_result(call, future.result())
+
+    def _on_timeout(self, call: Call[Any]) -> None:
+        call._timer = None
+        future = call._future
+        if call._status is RUNNING and future is not None:
+            call._timed_out = True
+            future.cancel()
+
+    def cancel_running(self, call: Call[Any]) -> None:
+        call._cancel_requested = True
+        future = call._future
+        if future is not None:
+            future.cancel()
+
+    async def run_inline(self, call: Call[Any]) -> Outcome:
+        loop = self._loop
+        task = asyncio.current_task()
+        assert task is not None
+        context = call._context
+        assert context is not None
+        call._future = task
+        if call._timeout is not None:
+            call._timer = loop.call_later(call._timeout, self._on_timeout, call)
+        try:
+            if call._kind is Kind.BLOCKING:
+                run: Callable[..., Any] = context.run
+                result = await loop.run_in_executor(
+                    self._get_executor(), run, call._fn, *call._args
+                )
+            else:
+                coro = (
+                    call._fn if call._kind is Kind.COROUTINE else context.run(call._fn, *call._args)
+                )
+                result = (
+                    await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
+                )
+        except asyncio.CancelledError as exc:
+            ours = call._cancel_requested or call._timed_out
+            if ours and task.uncancel() == 0:
+                if call._timed_out and not call._cancel_requested:
+                    return FAILED, None, timeout_error(call)
+                return CANCELLED, None, None
+            return CANCELLED, None, exc
+        except BaseException as exc:
+            return FAILED, None, exc
+        finally:
+            call._future = None
+            timer = call._timer
+            if timer is not None:
+                timer.cancel()
+                call._timer = None
+        if (call._cancel_requested or call._timed_out) and task.cancelling():
+            # The body swallowed the cancellation we asked for and returned.
+            task.uncancel()
+        return _outcome_of_result(call, result)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._system_tasks.add(task)
+        task.add_done_callback(self._system_tasks.discard)
+
+    async def wait_event(self, event: Event, timeout: float | None) -> bool:
+        if timeout is None:
+            await event.wait()
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
+
+    async def wait_event_shielded(self, event: Event) -> None:
+        waiter = self._loop.create_task(event.wait())
+        cancelled: BaseException | None = None
+        while not waiter.done():
+            try:
+                await asyncio.shield(waiter)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    async def aclose(self) -> None:
+        executor = self._executor
+        if executor is not None:
+            self._executor = None
+            # Threads abandoned by a cancelled call cannot be stopped; do not wait for them.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+class AnyioDispatcher:
+    """Tasks of an anyio task group, each in its own cancel scope (see the module doc)."""
+
+    __slots__ = ("_activity", "_cancelled_exc", "_limiter", "_tg")
+
+    def __init__(self, activity: Activity) -> None:
+        self._activity = activity
+        self._limiter = anyio.CapacityLimiter(activity.config.thread_limit)
+        self._tg = anyio.create_task_group()
+        self._cancelled_exc: type[BaseException] = anyio.get_cancelled_exc_class()
+
+    async def open(self) -> None:
+        await self._tg.__aenter__()
+
+    def new_event(self) -> Event:
+        return anyio.Event()
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._cancelled_exc)
+
+    def start(self, call: Call[Any]) -> None:
+        context = call._context
+        assert context is not None
+        # The new task runs in a copy of the context current at start_soon.
+        context.run(self._tg.start_soon, self._run_task, call)
+
+    async def _run_task(self, call: Call[Any]) -> None:
+        if call._cancel_requested:
+            self._activity._finish(call, CANCELLED, None, None)
+            return
+        outcome = await self._run(call, self._body(call))
+        self._activity._finish(call, *outcome)
+
+    def _body(self, call: Call[Any]) -> Callable[[], Coroutine[Any, Any, Any]]:
+        kind = call._kind
+        if kind is Kind.BLOCKING:
+            return lambda: anyio.to_thread.run_sync(
+                call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
+            )
+        if kind is Kind.COROUTINE:
+            return lambda: call._fn
+
+        async def body() -> Any:
+            coro = call._fn(*call._args)
+            return await coro if inspect.iscoroutine(coro) else coro
+
+        return body
+
+    async def _run(self, call: Call[Any], body: Callable[[], Coroutine[Any, Any, Any]]) -> Outcome:
+        deadline = math.inf if call._timeout is None else anyio.current_time() + call._timeout
+        scope = anyio.CancelScope(deadline=deadline)
+        call._future = scope
+        if call._cancel_requested:
+            scope.cancel()
+        result: Any = None
+        try:
+            with scope:
+                result = await body()
+        except self._cancelled_exc as exc:
+            # Cancelled from outside the call's own scope (the host went away).
+            return CANCELLED, None, exc
+        except BaseException as exc:
+            return FAILED, None, exc
+        finally:
+            call._future = None
+        if scope.cancelled_caught:
+            if call._cancel_requested:
+                return CANCELLED, None, None
+            return FAILED, None, timeout_error(call)
+        return _outcome_of_result(call, result)
+
+    def cancel_running(self, call: Call[Any]) -> None:
+        call._cancel_requested = True
+        scope = call._future
+        if scope is not None:
+            scope.cancel()
+
+    async def run_inline(self, call: Call[Any]) -> Outcome:
+        context = call._context
+        assert context is not None
+        kind = call._kind
+        run: Callable[..., Any] = context.run
+
+        def in_thread() -> Coroutine[Any, Any, Any]:
+            return anyio.to_thread.run_sync(
+                run, call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
+            )
+
+        async def on_loop() -> Any:
+            coro = call._fn if kind is Kind.COROUTINE else run(call._fn, *call._args)
+            return await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
+
+        return await self._run(call, in_thread if kind is Kind.BLOCKING else on_loop)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            await coro
+
+        self._tg.start_soon(run)
+
+    async def wait_event(self, event: Event, timeout: float | None) -> bool:
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await event.wait()
+        return event.is_set()
+
+    async def wait_event_shielded(self, event: Event) -> None:
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+
+    async def aclose(self) -> None:
+        await self._tg.__aexit__(None, None, None)

@@ -1,0 +1,60 @@
+"""Fixtures for testing code that uses :mod:`activity`.
+
+Registered automatically (``pytest11`` entry point) when ``activity`` is
+installed. It imports nothing but pytest, so it costs nothing where unused.
+
+``activity_factory`` makes activities with test-friendly defaults (a short
+``shutdown_timeout``) and, when the test ends, checks that each one was closed
+and that its counters add up: no call was lost.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ._activity import Activity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from .tracking import ActivityStatistics
+
+__all__ = ["activity_factory", "assert_balanced"]
+
+
+def assert_balanced(statistics: ActivityStatistics) -> None:
+    """Assert that every accepted call is accounted for.
+
+    :raises AssertionError: if ``accepted != pending + running + completed + failed + cancelled``
+    """
+    total = (
+        statistics.pending
+        + statistics.running
+        + statistics.completed
+        + statistics.failed
+        + statistics.cancelled
+    )
+    assert statistics.accepted == total, (
+        f"activity {statistics.name!r} lost calls: accepted={statistics.accepted} but "
+        f"pending+running+completed+failed+cancelled={total} ({statistics!r})"
+    )
+
+
+@pytest.fixture
+def activity_factory() -> Iterator[Callable[..., Activity]]:
+    """Return ``make(**options) -> Activity``; at teardown, check each one closed and balanced."""
+    made: list[Activity] = []
+
+    def make(*args: Any, **options: Any) -> Activity:
+        options.setdefault("shutdown_timeout", 5.0)
+        act = Activity(*args, **options)
+        made.append(act)
+        return act
+
+    yield make
+    for act in made:
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert stats.in_flight == 0, f"activity {act.name!r} still has work: {stats!r}"
