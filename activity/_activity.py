@@ -202,6 +202,7 @@ class Activity:
         "_idle_event",
         "_locals",
         "_name",
+        "_origin",
         "_overflow",
         "_parent",
         "_running_calls",
@@ -229,6 +230,9 @@ class Activity:
         self._thread_id = 0
         self._token: Token[_Frame | None] | None = None
         self._parent: Activity | None = None
+        #: Where the activity's frames look for locals it lacks (the services add
+        #: inheritance from the parent here).
+        self._origin: Activity | None = None
         self._locals: dict[Any, Any] = {}
         self._running_calls: set[Call[Any]] = set()
         self._unobserved: dict[int, Call[Any]] = {}
@@ -454,8 +458,12 @@ class Activity:
         except BaseException:
             _refuse_coroutine(fn)
             raise
+        frame = _frame.get()
+        origin = self._origin_of(frame)
         context = copy_context()
-        call = Call._create(self, kind, body, args, target, name, call_timeout, context, False)
+        call = Call._create(
+            self, kind, body, args, target, name, call_timeout, context, False, origin
+        )
         context.run(_frame.set, call)
         admission = self._admission
         if admission.can_run_now():
@@ -526,7 +534,18 @@ class Activity:
         frame = _frame.get()
         reentrant = type(frame) is Call and frame._activity is self
         context = copy_context()
-        call = Call._create(self, kind, body, args, target, None, call_timeout, context, True)
+        call = Call._create(
+            self,
+            kind,
+            body,
+            args,
+            target,
+            None,
+            call_timeout,
+            context,
+            True,
+            self._origin_of(frame),
+        )
         context.run(_frame.set, call)
         admission = self._admission
         if reentrant or admission.can_run_now():
@@ -787,11 +806,12 @@ class Activity:
 
     # -- activity-local values ----------------------------------------------------------------
 
-    def _local_lookup(self, key: Any, missing: Any) -> Any:
-        return self._locals.get(key, missing)
-
-    def _local_store(self, key: Any, value: Any) -> None:
-        self._locals[key] = value
+    def _origin_of(self, frame: _Frame | None) -> Activity | None:
+        """Where a call submitted from ``frame`` looks for locals its activity lacks."""
+        if frame is None:
+            return None
+        activity = frame._activity
+        return frame._origin if activity is self else activity
 
 
 def create_activity(

@@ -91,6 +91,7 @@ class Call(Generic[T_co]):
         "_kind",
         "_name",
         "_observed",
+        "_origin",
         "_result",
         "_status",
         "_synchronous",
@@ -114,6 +115,7 @@ class Call(Generic[T_co]):
     _kind: Kind
     _name: str | None
     _observed: bool
+    _origin: Activity | None
     _result: Any
     _status: CallStatus
     _synchronous: bool
@@ -136,9 +138,11 @@ class Call(Generic[T_co]):
         timeout: float | None,
         context: Context,
         synchronous: bool,
+        origin: Activity | None,
     ) -> Call[Any]:
         self = object.__new__(cls)
         self._activity = activity
+        self._origin = origin
         self._kind = kind
         self._fn = fn
         self._args = args

@@ -26,6 +26,8 @@ T = TypeVar("T")
 class _Frame(Protocol):
     @property
     def _activity(self) -> Activity: ...
+    @property
+    def _origin(self) -> Activity | None: ...
 
 
 _frame: Final[ContextVar[_Frame | None]] = ContextVar("activity.frame", default=None)
@@ -60,6 +62,11 @@ class ActivityLocal(Generic[T]):
     current activity, and every call of that activity, in a task or a worker
     thread, reads it with ``get()``. Two activities never see each other's
     values, however their calls interleave.
+
+    A call carries its submitter's values along: when the call's own activity
+    has no value, ``get()`` looks in the activity the call was submitted from
+    (so work that a request hands to an application-wide activity still sees
+    the request's values). ``set()`` always writes to the current activity.
 
     ::
 
@@ -103,7 +110,12 @@ class ActivityLocal(Generic[T]):
         """
         frame = _frame.get()
         if frame is not None:
-            value = frame._activity._local_lookup(self, _MISSING)
+            # The frame's activity first, then the activities the work came from.
+            value = frame._activity._locals.get(self, _MISSING)
+            origin = frame._origin
+            while value is _MISSING and origin is not None:
+                value = origin._locals.get(self, _MISSING)
+                origin = origin._origin
             if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
         if not isinstance(default, _Missing):
@@ -124,7 +136,7 @@ class ActivityLocal(Generic[T]):
                 f"ActivityLocal {self._name!r} can only be set inside an activity "
                 "(an 'async with Activity()' block or one of its calls)"
             )
-        frame._activity._local_store(self, value)
+        frame._activity._locals[self] = value
 
     def __repr__(self) -> str:
         return f"<ActivityLocal {self._name!r}>"

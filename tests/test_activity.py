@@ -644,6 +644,31 @@ class TestContext:
                 tg.start_soon(request, f"tenant-{i}")
         assert crossings == []
 
+    async def test_calls_carry_their_submitters_locals(self) -> None:
+        tenant = ActivityLocal[str]("tenant", default="none")
+        shared = ActivityLocal[str]("shared", default="none")
+
+        async def read() -> tuple[str, str]:
+            await anyio.lowlevel.checkpoint()
+            return tenant.get(), shared.get()
+
+        async with Activity(name="app") as app:
+            shared.set("app-wide")
+            calls: list[Call[tuple[str, str]]] = []
+
+            async def request(name: str) -> None:
+                async with Activity(name=name) as req:
+                    tenant.set(name)
+                    calls.append(await app.asynchronous_call(read))
+                    assert await req.synchronous_call(read) == (name, "none")
+
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(request, f"r{i}")
+            seen = sorted([await call for call in calls])
+        assert seen == [(f"r{i}", "app-wide") for i in range(5)]
+        assert tenant.get() == "none"
+
     async def test_call_context_is_a_copy(self) -> None:
         import contextvars
 
