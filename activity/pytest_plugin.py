@@ -4,8 +4,8 @@ Registered automatically (``pytest11`` entry point) when ``activity`` is
 installed. It imports nothing but pytest, so it costs nothing where unused.
 
 ``activity_factory`` makes activities with test-friendly defaults (a short
-``shutdown_timeout``) and, when the test ends, checks that each one was closed
-and that its counters add up: no call was lost.
+``shutdown_timeout``) and, when the test ends, checks that each one was closed,
+has no work left, and that its counters add up: no call was lost.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._activity import Activity
+from .tracking import live_activities
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -54,7 +55,9 @@ def activity_factory() -> Iterator[Callable[..., Activity]]:
         return act
 
     yield make
+    live = live_activities()
     for act in made:
         stats = act.statistics()
         assert_balanced(stats)
+        assert act not in live, f"activity {act.name!r} was never closed: {stats!r}"
         assert stats.in_flight == 0, f"activity {act.name!r} still has work: {stats!r}"
