@@ -176,15 +176,11 @@ _FLOOD_PERIOD: Final = 1.0
 #: always overflows the queue.
 _FLOOD_FACTOR: Final = (1.05, 1.35)
 _BLOCK: Final = 4096
-_ERRORS: Final[tuple[Callable[[str], Exception], ...]] = (
-    ConnectionResetError,
-    ValueError,
-    PermissionError,
-)
-_MESSAGES: Final = (
-    "upstream reset the connection",
-    "malformed record",
-    "no write access to the bucket",
+#: The failures of the failing items: E_FAIL, E_INVALIDARG and E_ACCESSDENIED.
+_FAILURES: Final[tuple[tuple[Callable[[str], Exception], str], ...]] = (
+    (ConnectionResetError, "upstream reset the connection"),
+    (ValueError, "malformed record"),
+    (PermissionError, "no write access to the bucket"),
 )
 
 
@@ -227,7 +223,7 @@ def _draw(rng: random.Random, index: int, kind: _Kind, at: float) -> _Item:
     if kind is _Kind.CPU:
         return _Item(index, kind, at, rounds=rng.randint(150, 300))
     if kind is _Kind.FAIL:
-        return _Item(index, kind, at, rng.uniform(0.001, 0.01), error=rng.randrange(len(_ERRORS)))
+        return _Item(index, kind, at, rng.uniform(0.001, 0.01), error=rng.randrange(len(_FAILURES)))
     if kind is _Kind.TIMEOUT:
         return _Item(index, kind, at, rng.uniform(0.04, 0.08), timeout=rng.uniform(0.01, 0.02))
     if kind is _Kind.CANCEL:
@@ -244,7 +240,8 @@ async def _io_wait(seconds: float) -> float:
 async def _flaky(seconds: float, error: int) -> float:
     """An I/O-like wait that fails."""
     await asyncio.sleep(seconds)
-    raise _ERRORS[error](_MESSAGES[error])
+    error_class, message = _FAILURES[error]
+    raise error_class(message)
 
 
 def _hash_blocks(seed: int, rounds: int) -> str:
@@ -443,7 +440,6 @@ def _run_demo(options: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
@@ -457,19 +453,25 @@ def _run_demo(options: argparse.Namespace) -> int:
         return 2
 
     if options.progress:
+        # The bar fills as items are settled (finished or rejected); the figures say
+        # how many of the accepted calls have finished.
         progress = Progress(
             TextColumn("[bold]demo[/]"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("finished/accepted  {task.fields[rejected]} rejected"),
+            TextColumn("{task.fields[finished]}/{task.fields[accepted]} finished/accepted"),
+            TextColumn("{task.fields[rejected]} rejected"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
         )
-        task = progress.add_task("demo", total=None, rejected=0)
+        task = progress.add_task("demo", total=options.size, finished=0, accepted=0, rejected=0)
 
         def on_tick(stats: ActivityStatistics) -> None:
             progress.update(
-                task, completed=stats.finished, total=stats.accepted, rejected=stats.rejected
+                task,
+                completed=stats.finished + stats.rejected,
+                finished=stats.finished,
+                accepted=stats.accepted,
+                rejected=stats.rejected,
             )
 
         with progress:

@@ -1,0 +1,66 @@
+"""The examples run, and print what their docstrings promise, line for line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED = {
+    "quickstart.py": [
+        "statuses: running, running, pending",
+        "page 1 fetched for req-42",
+        "page 2 fetched for req-42",
+        "page 3 fetched for req-42",
+        "word_count: 6, hresult of the last fetch: S_OK",
+        "outside the activity, request_id is '-'",
+        "statistics: accepted=4 completed=4 failed=0 cancelled=0 rejected=0",
+    ],
+    "blocking_work.py": [
+        "chunk 0: ad7facb2586f for acme in hashing",
+        "chunk 1: d4df50ce982e for acme in hashing",
+        "chunk 2: 5131b6d905f8 for acme in hashing",
+        "chunk 3: df6fadaed686 for acme in hashing",
+        "chunk 4: 9573e6bd3320 for acme in hashing",
+        "chunk 5: 829066cb06aa for acme in hashing",
+        "ran on the event loop's thread: False",
+        "6 calls on 2 worker threads, at most 2 at once",
+    ],
+    "error_handling.py": [
+        "awaited: ValueError, hresult E_INVALIDARG",
+        "rejected: CO_E_ASYNC_WORK_REJECTED",
+        "error_handler: parse-x failed with E_INVALIDARG",
+        "on_error: PermissionError: no write access to the bucket",
+        "error_handler: upload failed with E_ACCESSDENIED",
+        "error_handler: slow failed with E_TIMEOUT",
+        "timed out: CallTimeoutError, hresult E_TIMEOUT",
+        "raised at exit: ValueError: invalid literal for int() with base 10: 'oops'",
+    ],
+}
+
+
+def run_example(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_every_example_is_tested() -> None:
+    assert sorted(path.name for path in (ROOT / "examples").glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    result = run_example(name)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no traceback, no "never awaited" warning
+    assert result.stdout.splitlines() == EXPECTED[name]
