@@ -1,0 +1,104 @@
+"""The benchmark's smoke test: it runs, at tiny sizes, and its output has the right shape.
+
+Speed is shown by the benchmark itself (``python -m activity bench``), never
+asserted here: these tests check rows and numbers, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from activity import _bench
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytest.importorskip("aiojobs")
+pytest.importorskip("uvloop")
+pytest.importorskip("trio")
+
+
+Result = tuple[dict[str, Any], str]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """One run of ``--quick`` at a thousandth of its sizes: every scenario, loop and peer once."""
+    path: Path = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = _bench.main(["--quick", "--repeat", "1", "--scale", "0.001", "--json", str(path)])
+    assert code == 0
+    return json.loads(path.read_text(encoding="utf-8")), str(path)
+
+
+class TestBench:
+    def test_every_scenario_and_loop_has_rows(self, result: Result) -> None:
+        data, _ = result
+        seen = {(row["scenario"], row["loop"]) for row in data["rows"]}
+        for loop in ("asyncio", "uvloop", "trio"):
+            for scenario in (
+                "async_call",
+                "sync_call",
+                "memory_queued",
+                "memory_running",
+                "scaling",
+                "scaling_memory",
+            ):
+                assert (scenario, loop) in seen
+        for loop in ("asyncio", "uvloop"):
+            assert ("blocking_concurrent", loop) in seen
+            assert ("blocking_serial", loop) in seen
+        assert ("blocking_concurrent", "trio") not in seen
+
+    def test_peers_are_measured(self, result: Result) -> None:
+        data, _ = result
+        patterns = {row["pattern"] for row in data["rows"] if row["scenario"] == "async_call"}
+        assert {
+            "activity asynchronous_call",
+            "bare Semaphore + TaskGroup",
+            "pool of 100 workers + Queue",
+            "aiojobs Scheduler(limit=100)",
+            "anyio start_soon + CapacityLimiter",
+        } <= patterns
+
+    def test_figures_are_positive(self, result: Result) -> None:
+        data, _ = result
+        for row in data["rows"]:
+            assert row["unit"] in ("us", "B")
+            assert row["samples"], row
+            assert all(sample > 0 for sample in row["samples"]), row
+            assert row["min"] <= row["median"] <= row["max"]
+            assert row["ratio"] > 0
+            if row["unit"] == "us":
+                assert row["per_second"] > 0
+        # Each group has its bare pattern, whose ratio to itself is 1.
+        for row in data["rows"]:
+            if row["role"] == "baseline":
+                assert row["ratio"] == 1.0
+
+    def test_targets_are_checked(self, result: Result) -> None:
+        data, _ = result
+        goals = {target["goal"] for target in data["targets"]}
+        assert any(goal.startswith("asynchronous_call") for goal in goals)
+        assert any(goal.startswith("a queued call") for goal in goals)
+        for target in data["targets"]:
+            assert isinstance(target["met"], bool)
+            assert target["value"] > 0
+
+    def test_table(self, result: Result) -> None:
+        data, path = result
+        table = _bench.render(data)
+        assert table.startswith(
+            f"`python -m activity bench --quick --repeat 1 --scale 0.001 --json {path}`"
+        )
+        assert "| asyncio | **activity asynchronous_call** |" in table
+        assert "### Targets" in table
+        assert "--quick" in "\n".join(data["notes"])
+
+
+def test_bad_options_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _bench.main(["--repeat", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
