@@ -8,12 +8,18 @@ from ._activity import Activity as Activity
 from ._activity import AsyncServiceCall as AsyncServiceCall
 from ._activity import ServiceCall as ServiceCall
 from ._activity import create_activity as create_activity
+from ._activity import service_domain as service_domain
 from ._call import Call as Call
 from ._call import CallStatus as CallStatus
 from ._config import ActivityConfig as ActivityConfig
+from ._config import Binding as Binding
 from ._config import FailurePolicy as FailurePolicy
+from ._config import Inheritance as Inheritance
 from ._config import Overflow as Overflow
+from ._config import Synchronization as Synchronization
+from ._config import ThreadPool as ThreadPool
 from ._context import ActivityLocal as ActivityLocal
+from ._context import SynchronizationDomain as SynchronizationDomain
 from ._context import current_activity as current_activity
 from ._errors import AccessDeniedError as AccessDeniedError
 from ._errors import ActivityClosedError as ActivityClosedError
@@ -36,6 +42,7 @@ from ._hresult import failed as failed
 from ._hresult import hresult_from_win32 as hresult_from_win32
 from ._hresult import succeeded as succeeded
 from .tracking import ActivityStatistics as ActivityStatistics
+from .tracking import PartitionStatistics as PartitionStatistics
 
 __all__ = (
     "AccessDeniedError",
@@ -48,6 +55,7 @@ __all__ = (
     "ActivityStatistics",
     "AsyncServiceCall",
     "AsyncWorkRejectedError",
+    "Binding",
     "Call",
     "CallCancelledError",
     "CallPendingError",
@@ -55,11 +63,16 @@ __all__ = (
     "CallTimeoutError",
     "FailurePolicy",
     "HResult",
+    "Inheritance",
     "InvalidArgumentError",
     "NotImplementedHResultError",
     "OutOfMemoryError",
     "Overflow",
+    "PartitionStatistics",
     "ServiceCall",
+    "Synchronization",
+    "SynchronizationDomain",
+    "ThreadPool",
     "WrongThreadError",
     "create_activity",
     "current_activity",
@@ -68,6 +81,7 @@ __all__ = (
     "hresult_from_win32",
     "hresult_of",
     "register_hresult",
+    "service_domain",
     "succeeded",
     "unregister_hresult",
 )

@@ -10,22 +10,38 @@ This module wires the others together. A call flows one way:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import inspect
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from contextvars import Token, copy_context
 from threading import current_thread, get_ident
 from types import FunctionType, TracebackType
 from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, Unpack, cast, final, overload
 
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
 from . import tracking
-from ._admission import Admission, Waiter
+from ._admission import Admission, Counters, Waiter, join_partition
 from ._call import CANCELLED, COMPLETED, FAILED, RUNNING, Call, CallStatus, Kind
-from ._config import ActivityConfig, FailurePolicy, Overflow
-from ._context import _Frame, _frame, current_activity
-from ._dispatch import AnyioDispatcher, AsyncioDispatcher, Dispatcher, Event
+from ._config import (
+    ActivityConfig,
+    Binding,
+    FailurePolicy,
+    Inheritance,
+    Overflow,
+    Synchronization,
+    ThreadPool,
+)
+from ._context import SynchronizationDomain, _Frame, _frame, current_activity
+from ._dispatch import AnyioDispatcher, Apartment, AsyncioDispatcher, Dispatcher, Event
 from ._errors import (
     ActivityClosedError,
     ActivityError,
@@ -34,8 +50,9 @@ from ._errors import (
     InvalidArgumentError,
     WrongThreadError,
 )
+from ._hresult import HResult
 
-__all__ = ["Activity", "create_activity"]
+__all__ = ["Activity", "create_activity", "service_domain"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -161,6 +178,29 @@ def _make_config(config: object, options: dict[str, Any]) -> ActivityConfig:
     )
 
 
+def _check_services(config: ActivityConfig) -> None:
+    """Refuse the combinations COM+ refuses for an activity, before anything runs."""
+    if config.thread_pool is ThreadPool.NONE:
+        raise InvalidArgumentError(
+            "thread_pool=ThreadPool.NONE is refused for an activity, as CoCreateActivity "
+            "refuses it (CO_E_THREADPOOL_CONFIG): choose MTA, STA or INHERIT",
+            field="thread_pool",
+            value=config.thread_pool,
+            hresult=HResult.CO_E_THREADPOOL_CONFIG,
+        )
+    if (
+        config.binding is Binding.BIND_TO_POOL_THREAD
+        and config.effective_thread_pool is ThreadPool.MTA
+    ):
+        raise InvalidArgumentError(
+            "binding=Binding.BIND_TO_POOL_THREAD needs thread_pool=ThreadPool.STA (or INHERIT "
+            "from an STA parent): an MTA activity has no thread to bind to",
+            field="binding",
+            value=config.binding,
+            hresult=HResult.CO_E_THREADPOOL_CONFIG,
+        )
+
+
 def _refuse_coroutine(fn: Any) -> None:
     """Close a coroutine object that will never run, so Python does not warn about it."""
     if inspect.iscoroutine(fn):
@@ -192,9 +232,15 @@ class Activity:
         "__weakref__",
         "_activity",
         "_admission",
+        "_apartment",
+        "_bound_to_loop",
         "_cancel_reason",
+        "_causality",
+        "_children",
         "_config",
+        "_counters",
         "_dispatcher",
+        "_domain",
         "_fail_fast",
         "_handler_errors",
         "_handlers_in_flight",
@@ -208,9 +254,11 @@ class Activity:
         "_running_calls",
         "_state",
         "_thread_id",
+        "_thread_model",
         "_timeout",
         "_token",
         "_unobserved",
+        "_wake_token",
     )
 
     def __init__(
@@ -221,7 +269,10 @@ class Activity:
         self._id = next(_ids)
         self._name = config.name or f"activity-{self._id}"
         self._activity = self  # the frame protocol: an activity's body belongs to it
-        self._admission = Admission(config.max_concurrency, config.max_pending)
+        _check_services(config)
+        self._counters = Counters()
+        # Its own budget; a partition's shared one replaces it when the activity opens.
+        self._admission = Admission(config.max_concurrency, config.max_pending, None)
         self._overflow = config.overflow
         self._timeout = config.timeout
         self._fail_fast = config.failure_policy is FailurePolicy.FAIL_FAST
@@ -240,6 +291,17 @@ class Activity:
         self._handlers_in_flight = 0
         self._idle_event: Event | None = None
         self._cancel_reason: str | None = None
+        self._children: weakref.WeakSet[Activity] = weakref.WeakSet()
+        #: The synchronization domain the activity's calls enter, if any.
+        self._domain: SynchronizationDomain | None = None
+        #: MTA or STA, resolved when the activity opens.
+        self._thread_model = ThreadPool.MTA
+        self._apartment: Apartment | None = None
+        self._bound_to_loop = False
+        #: The call chain (COM+ causality) the block belongs to: the chain of the call
+        #: it was entered in, or a service domain's own.
+        self._causality: object | None = None
+        self._wake_token: anyio.lowlevel.EventLoopToken | None = None
 
     # -- properties -------------------------------------------------------------------
 
@@ -263,27 +325,58 @@ class Activity:
         """The activity that was current where this one was entered, if any."""
         return self._parent
 
+    @property
+    def children(self) -> list[Activity]:
+        """The open activities entered inside this one (its calls or its block)."""
+        return [child for child in self._children if child._state is not _State.CLOSED]
+
+    @property
+    def synchronization_domain(self) -> SynchronizationDomain | None:
+        """The domain the activity's calls enter one chain at a time, if it is synchronized."""
+        return self._domain
+
+    @property
+    def thread_model(self) -> ThreadPool:
+        """Where blocking calls run: ``ThreadPool.MTA`` or ``ThreadPool.STA`` once open."""
+        return self._thread_model
+
     def statistics(self) -> tracking.ActivityStatistics:
         """Return a frozen snapshot of the counters."""
+        c = self._counters
         a = self._admission
         return tracking.ActivityStatistics.model_construct(
             name=self._name,
             id=self._id,
-            accepted=a.accepted,
-            rejected=a.rejected,
+            accepted=c.accepted,
+            rejected=c.rejected,
+            pending=c.pending,
+            running=c.running,
+            completed=c.completed,
+            failed=c.failed,
+            cancelled=c.cancelled,
+            max_concurrency=a.max_concurrency,
+            max_pending=a.max_pending,
+            partition=a.partition,
+        )
+
+    def partition_statistics(self) -> tracking.PartitionStatistics | None:
+        """Return a snapshot of the partition's shared budget, or ``None`` outside any."""
+        a = self._admission
+        if a.partition is None:
+            return None
+        return tracking.PartitionStatistics.model_construct(
+            name=a.partition,
+            running=a.slots,
             pending=a.pending,
-            running=a.running,
-            completed=a.completed,
-            failed=a.failed,
-            cancelled=a.cancelled,
+            waiting=len(a.waiters),
             max_concurrency=a.max_concurrency,
             max_pending=a.max_pending,
         )
 
     def __repr__(self) -> str:
-        a = self._admission
+        c = self._counters
         return (
-            f"<Activity {self._name!r} {self._state.value} running={a.running} pending={a.pending}>"
+            f"<Activity {self._name!r} {self._state.value} running={c.running} pending={c.pending}>"
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -291,16 +384,26 @@ class Activity:
     async def __aenter__(self) -> Activity:
         if self._state is not _State.NEW:
             raise ActivityError(f"activity {self._name!r} can be entered only once")
+        parent = current_activity()
+        new_domain = self._resolve_services(parent)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            dispatcher = AnyioDispatcher(self)
+            dispatcher = AnyioDispatcher(self, self._apartment)
             await dispatcher.open()
             self._dispatcher = dispatcher
         else:
-            self._dispatcher = AsyncioDispatcher(self, loop)
+            self._dispatcher = AsyncioDispatcher(self, loop, self._apartment)
+        if new_domain:
+            self._domain = SynchronizationDomain(self._name, self._dispatcher.new_event)
         self._thread_id = get_ident()
-        self._parent = current_activity()
+        self._wake_token = anyio.lowlevel.current_token()
+        self._parent = parent
+        if parent is not None:
+            parent._children.add(self)
+        # Entered inside a call, the block goes on with that call's chain (causality).
+        outer = _frame.get()
+        self._causality = None if outer is None else outer._causality
         self._token = _frame.set(self)
         self._state = _State.OPEN
         tracking._live.add(self)
@@ -313,7 +416,7 @@ class Activity:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         dispatcher = self._dispatcher
         assert dispatcher is not None
         if self._state is not _State.CANCELLED:
@@ -333,11 +436,18 @@ class Activity:
             interrupted = error
             self._cancel_all("the activity's host was cancelled while draining")
         finally:
+            # A child cannot outlive its parent: its work is cancelled with ours.
+            for child in self.children:
+                child.cancel(f"its parent activity {self._name!r} is closing")
             if not self._is_idle():
-                event = self._idle_event = self._idle_event or dispatcher.new_event()
-                await dispatcher.wait_event_shielded(event)
+                await self._wait_idle_shielded()
+            for child in self.children:
+                if not child._is_idle():
+                    await child._wait_idle_shielded()
             self._state = _State.CLOSED
             await dispatcher.aclose()
+            if self._apartment is not None:
+                await self._join_apartment()
             tracking._live.discard(self)
             if self._token is not None:
                 try:
@@ -361,7 +471,6 @@ class Activity:
             raise BaseExceptionGroup(message, failures)
         if interrupted is not None:
             raise interrupted
-        return False
 
     def cancel(self, reason: str | None = None) -> None:
         """Cancel every accepted call and stop admission.
@@ -381,6 +490,8 @@ class Activity:
             self._cancel_reason = reason or "the activity was cancelled"
         self._refuse_waiters(self._closed_error())
         self._cancel_all(reason)
+        for child in self.children:
+            child.cancel(f"its parent activity {self._name!r} was cancelled")
 
     async def wait_idle(self) -> None:
         """Wait until no call is pending or running (and no async error handler runs)."""
@@ -468,8 +579,7 @@ class Activity:
         admission = self._admission
         if admission.can_run_now():
             admission.accept_running(call)
-            self._running_calls.add(call)
-            self._dispatcher.start(call)  # type: ignore[union-attr]
+            self._launch(call)
         elif admission.can_queue():
             admission.accept_pending(call)
         elif self._overflow is Overflow.WAIT:
@@ -532,7 +642,6 @@ class Activity:
             _refuse_coroutine(fn)
             raise
         frame = _frame.get()
-        reentrant = type(frame) is Call and frame._activity is self
         context = copy_context()
         call = Call._create(
             self,
@@ -545,6 +654,14 @@ class Activity:
             context,
             True,
             self._origin_of(frame),
+        )
+        # The caller waits for this call, so the call continues the caller's chain.
+        causality = None if frame is None else frame._causality
+        if causality is not None:
+            call._causality = causality
+        domain = self._domain
+        reentrant = (type(frame) is Call and frame._activity is self) or (
+            domain is not None and causality is not None and domain.owner is causality
         )
         context.run(_frame.set, call)
         admission = self._admission
@@ -603,40 +720,44 @@ class Activity:
             self._reject(call, call._fn, waited=timeout)
 
     def _reject(self, call: Call[Any], fn: Any, waited: float | None = None) -> None:
-        self._admission.rejected += 1
+        self._counters.rejected += 1
         _refuse_coroutine(fn)
         if tracking._listeners:
             tracking.emit(tracking.EventKind.CALL_REJECTED, self, call)
         a = self._admission
         how = f" after waiting {waited} s" if waited is not None else ""
+        where = f" in partition {a.partition!r}" if a.partition is not None else ""
         raise AsyncWorkRejectedError(
-            f"activity {self._name!r} rejected {call.name!r}{how}: {a.running} running "
+            f"activity {self._name!r} rejected {call.name!r}{how}: {a.slots} running "
             f"(max_concurrency={a.max_concurrency}) and {a.pending} pending "
-            f"(max_pending={a.max_pending})"
+            f"(max_pending={a.max_pending}){where}"
         )
 
+    def _launch(self, call: Call[Any]) -> None:
+        """Hand a call that was just counted as running to the dispatcher."""
+        self._running_calls.add(call)
+        self._dispatcher.start(call)  # type: ignore[union-attr]
+
     def _pump(self) -> None:
-        """Start queued calls while slots are free, then let waiters in."""
+        """Start queued calls while slots are free, then let waiters in.
+
+        In a partition the queue is shared, so the next call may be another
+        activity's: each call is launched by its own activity.
+        """
         admission = self._admission
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
         while (call := admission.pop_ready()) is not None:
-            self._running_calls.add(call)
-            dispatcher.start(call)
+            call._activity._launch(call)
         while (waiter := admission.pop_waiter()) is not None:
             call = waiter.call
             if admission.can_run_now():
                 admission.accept_running(call)
-                self._running_calls.add(call)
-                dispatcher.start(call)
+                call._activity._launch(call)
             else:
                 admission.accept_pending(call)
             waiter.event.set()
 
     def _refuse_waiters(self, error: BaseException) -> None:
-        waiters = self._admission.waiters
-        while waiters:
-            waiter = waiters.popleft()
+        for waiter in self._admission.take_waiters_of(self):
             waiter.refused = error
             waiter.event.set()
 
@@ -664,6 +785,11 @@ class Activity:
         if status is FAILED:
             assert exc is not None
             self._on_failure(call, exc)
+        callbacks = call._callbacks
+        if callbacks is not None:
+            call._callbacks = None
+            for callback in callbacks:
+                self._invoke_handler(callback, call)
         if tracking._listeners:
             tracking.emit(tracking.EventKind.CALL_FINISHED, self, call)
         if freed:
@@ -743,7 +869,7 @@ class Activity:
         return False
 
     def _cancel_all(self, reason: str | None) -> None:
-        for call in self._admission.drain_pending():
+        for call in self._admission.take_pending_of(self):
             call._cancel_reason = reason
             call._cancel_requested = True
             self._finish(call, CANCELLED, None, None)
@@ -758,7 +884,14 @@ class Activity:
     # -- waiting --------------------------------------------------------------------------
 
     def _is_idle(self) -> bool:
-        return self._admission.in_flight == 0 and self._handlers_in_flight == 0
+        c = self._counters
+        return c.pending == 0 and c.running == 0 and self._handlers_in_flight == 0
+
+    async def _wait_idle_shielded(self) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        event = self._idle_event = self._idle_event or dispatcher.new_event()
+        await dispatcher.wait_event_shielded(event)
 
     async def _wait_idle_for(self, timeout: float | None) -> bool:
         dispatcher = self._dispatcher
@@ -782,10 +915,15 @@ class Activity:
         if get_ident() != self._thread_id and self._state is not _State.NEW:
             raise WrongThreadError(
                 f"activity {self._name!r} belongs to the event loop of another thread; "
-                f"this is {current_thread().name!r}. From a foreign thread, submit through "
-                "the loop: asyncio.run_coroutine_threadsafe(act.synchronous_call(fn), loop) "
-                "or anyio.from_thread.run(act.synchronous_call, fn)"
+                f"this is {current_thread().name!r}. From a foreign thread, use "
+                "act.synchronous_call_from_thread(fn, ...) or "
+                "act.asynchronous_call_from_thread(fn, ...), which are thread-safe"
             )
+
+    def _check_open_or_cancelled(self) -> None:
+        self._check_thread()
+        if self._state is not _State.OPEN and self._state is not _State.CANCELLED:
+            raise self._closed_error()
 
     def _check_open(self) -> None:
         if self._state is not _State.OPEN or get_ident() != self._thread_id:
@@ -806,12 +944,304 @@ class Activity:
 
     # -- activity-local values ----------------------------------------------------------------
 
+    def _resolve_services(self, parent: Activity | None) -> bool:
+        """Settle inheritance, domain, thread model and partition; say if a new domain is due.
+
+        Raises before anything changes, so a refused activity stays unopened.
+        """
+        config = self._config
+        inherit = parent is not None and config.inheritance is Inheritance.INHERIT
+        container = parent._domain if inherit and parent is not None else None
+        synchronization = config.effective_synchronization
+        new_domain = synchronization is Synchronization.NEW or (
+            synchronization is Synchronization.NEW_IF_NECESSARY and container is None
+        )
+        model = config.effective_thread_pool
+        if model is ThreadPool.INHERIT:
+            model = parent._thread_model if inherit and parent is not None else ThreadPool.MTA
+        bound = config.binding is Binding.BIND_TO_POOL_THREAD
+        if bound and model is not ThreadPool.STA:
+            raise InvalidArgumentError(
+                f"activity {self._name!r} inherits the MTA thread model from its parent, and "
+                "binding=Binding.BIND_TO_POOL_THREAD needs an STA one",
+                field="binding",
+                value=config.binding,
+                hresult=HResult.CO_E_THREADPOOL_CONFIG,
+            )
+        if config.partition is not None:
+            self._admission = join_partition(
+                config.partition, config.max_concurrency, config.max_pending
+            )
+        self._origin = parent if inherit else None
+        if not new_domain and synchronization is not Synchronization.NONE:
+            self._domain = container
+        self._thread_model = model
+        if model is ThreadPool.STA:
+            self._apartment = Apartment(self._name, bound=bound)
+        return new_domain
+
+    async def _join_apartment(self) -> None:
+        """Stop the STA threads and wait for them, up to ``shutdown_timeout``.
+
+        A thread still held by an abandoned blocking call after that is reported
+        as a failure of the activity, never left behind silently.
+        """
+        assert self._apartment is not None
+        threads = self._apartment.stop()
+        timeout = self._config.shutdown_timeout
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        for thread in threads:
+            remaining = None if deadline is None else max(0.0, deadline - anyio.current_time())
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(thread.join, remaining)
+            if thread.is_alive():
+                self._handler_errors.append(
+                    ActivityError(
+                        f"STA thread {thread.name!r} of activity {self._name!r} did not stop "
+                        f"within shutdown_timeout ({timeout} s): an abandoned blocking call "
+                        "is still running in it"
+                    )
+                )
+
+    # -- thread binding and entry from other threads ---------------------------------
+
+    def bind_to_current_thread(self) -> None:
+        """Run the activity's later blocking calls on the event-loop thread itself.
+
+        COM+'s ``IServiceActivity::BindToCurrentThread``. For code that must run
+        on the thread that owns the loop (thread-affine objects made there); a
+        long blocking call then blocks the loop, so keep them short.
+
+        :raises WrongThreadError: if called from another thread than the activity's
+        :raises ActivityClosedError: if the activity is not open
+        """
+        self._check_open_or_cancelled()
+        self._bound_to_loop = True
+
+    def unbind_from_thread(self) -> None:
+        """Undo :meth:`bind_to_current_thread`: blocking calls go back to worker threads.
+
+        COM+'s ``IServiceActivity::UnbindFromThread``.
+
+        :raises WrongThreadError: if called from another thread than the activity's
+        """
+        self._check_thread()
+        self._bound_to_loop = False
+
+    def _entry_token(self) -> anyio.lowlevel.EventLoopToken:
+        if self._state is _State.NEW or self._state is _State.CLOSED:
+            raise self._closed_error()
+        if get_ident() == self._thread_id:
+            raise WrongThreadError(
+                f"{current_thread().name!r} is the thread of activity {self._name!r}'s own "
+                "event loop, which this call would block: await act.synchronous_call(...) "
+                "or act.asynchronous_call(...) instead"
+            )
+        assert self._wake_token is not None
+        return self._wake_token
+
+    @overload
+    def asynchronous_call_from_thread(
+        self,
+        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> concurrent.futures.Future[T]: ...
+    @overload
+    def asynchronous_call_from_thread(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> concurrent.futures.Future[T]: ...
+    def asynchronous_call_from_thread(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
+        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+    ) -> concurrent.futures.Future[Any]:
+        """Submit ``fn(*args)`` from a thread that is not the activity's loop thread.
+
+        The thread-safe twin of :meth:`asynchronous_call`, for plain threads (a
+        sync framework, a callback from a C library, a blocking call of another
+        activity). It blocks the calling thread until the activity has accepted
+        or rejected the work, with the same admission rules and errors, and
+        returns a :class:`concurrent.futures.Future` of the call's result.
+        Reading the future's ``result()`` or ``exception()`` observes a failure,
+        as awaiting the :class:`Call` does. The call carries the thread's
+        context, so a blocking call that calls back into its own activity keeps
+        its causality.
+
+        :return: a future of the call's result
+        :raises AsyncWorkRejectedError: if the queue is full
+        :raises ActivityClosedError: if the activity is not open or its loop has ended
+        :raises InvalidArgumentError: if ``fn``, ``name`` or ``timeout`` is not valid
+        :raises WrongThreadError: if called from the activity's own loop thread
+        """
+        token = self._entry_token()
+        frame = _frame.get()
+
+        async def submit() -> concurrent.futures.Future[Any]:
+            _frame.set(frame)  # this task's own context: the thread's chain goes on here
+            call = await self.asynchronous_call(fn, *args, name=name, timeout=timeout)
+            future = _CallFuture(call)
+            call.add_done_callback(future._resolve)
+            return future
+
+        try:
+            return anyio.from_thread.run(submit, token=token)
+        except anyio.RunFinishedError:
+            raise ActivityClosedError(
+                f"the event loop of activity {self._name!r} has finished"
+            ) from None
+
+    @overload
+    def synchronous_call_from_thread(
+        self,
+        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        /,
+        *args: *Ts,
+        timeout: float | None = None,
+    ) -> T: ...
+    @overload
+    def synchronous_call_from_thread(
+        self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts, timeout: float | None = None
+    ) -> T: ...
+    def synchronous_call_from_thread(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
+        self, fn: Any, /, *args: Any, timeout: float | None = None
+    ) -> Any:
+        """Run ``fn(*args)`` in the activity from another thread and return its result.
+
+        The thread-safe twin of :meth:`synchronous_call`: the calling thread
+        blocks until the call has finished, and gets its result or its
+        exception. Called from a blocking call of the activity itself (whose
+        thread carries the call's chain), it re-enters the activity's
+        synchronization domain instead of deadlocking.
+
+        :return: what ``fn`` returned
+        :raises ActivityClosedError: if the activity is not open or its loop has ended
+        :raises WrongThreadError: if called from the activity's own loop thread
+        """
+        token = self._entry_token()
+        frame = _frame.get()
+
+        async def run() -> Any:
+            _frame.set(frame)
+            return await self.synchronous_call(fn, *args, timeout=timeout)
+
+        try:
+            return anyio.from_thread.run(run, token=token)
+        except anyio.RunFinishedError:
+            raise ActivityClosedError(
+                f"the event loop of activity {self._name!r} has finished"
+            ) from None
+
     def _origin_of(self, frame: _Frame | None) -> Activity | None:
         """Where a call submitted from ``frame`` looks for locals its activity lacks."""
         if frame is None:
             return None
         activity = frame._activity
         return frame._origin if activity is self else activity
+
+
+@final
+class _CallFuture(concurrent.futures.Future[T]):
+    """A future of a call's result, for threads; reading it observes the call's failure."""
+
+    def __init__(self, call: Call[T]) -> None:
+        super().__init__()
+        self._call = call
+        self.set_running_or_notify_cancel()  # the work is under way: cancel() says no
+
+    def _resolve(self, call: Call[Any]) -> None:
+        if call._status is COMPLETED:
+            self.set_result(call._result)
+        else:
+            assert call._exception is not None
+            self.set_exception(call._exception)
+
+    def result(self, timeout: float | None = None) -> T:
+        try:
+            return super().result(timeout)
+        finally:
+            if self.done():
+                self._call._mark_observed()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        finally:
+            if self.done():
+                self._call._mark_observed()
+
+
+class _Chain:
+    """The causality of a service domain's block (a logical thread of its own)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<chain of service domain {self.name!r}>"
+
+
+@asynccontextmanager
+async def service_domain(
+    config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
+) -> AsyncGenerator[Activity]:
+    """Run the enclosed code inside a set of services, in the current task.
+
+    COM+'s ``CoEnterServiceDomain`` / ``CoLeaveServiceDomain`` pair, as an
+    async context manager: no new task runs the block, but for its duration
+    the code is inside an activity's services. Its synchronization domain is
+    held by the block's call chain (other chains wait; the block's own
+    ``synchronous_call``s re-enter), ``ActivityLocal`` values set in the block
+    belong to it, and with ``Inheritance.INHERIT`` it sees the enclosing
+    activity's values and joins its domain. Pairs nest and always balance.
+
+    ::
+
+        async with service_domain(synchronization=Synchronization.NEW) as domain:
+            ...  # one chain at a time in here; domain is an Activity for calls
+
+    Thread pool and binding belong to activities only, as in COM+.
+
+    :param config: an :class:`ActivityConfig` (or a mapping of its fields)
+    :param options: fields of :class:`ActivityConfig`
+    :return: the domain's activity, open for the block
+    :raises InvalidArgumentError: if ``thread_pool`` or ``binding`` is given, or any
+        field is bad
+    """
+    given = set(options)
+    if isinstance(config, ActivityConfig):
+        given |= config.model_fields_set
+    elif isinstance(config, Mapping):
+        given |= set(config)
+    refused = sorted(given & {"thread_pool", "binding"})
+    if refused:
+        raise InvalidArgumentError(
+            f"a service domain takes no {' or '.join(refused)}: thread pool and binding "
+            "can only be set for an activity, as CoEnterServiceDomain refuses them",
+            field=refused[0],
+            value=options.get(refused[0]),
+        )
+    activity = Activity(config, **options)
+    async with activity:
+        # Entered inside a call, the block continues that call's chain.
+        chain = activity._causality or _Chain(activity.name)
+        activity._causality = chain
+        domain = activity._domain
+        if domain is not None:
+            await domain.enter(chain)
+        try:
+            yield activity
+        finally:
+            if domain is not None:
+                domain.leave(chain)
+            activity._causality = None
 
 
 def create_activity(
@@ -829,3 +1259,4 @@ def create_activity(
 
 Activity.__module__ = "activity"
 create_activity.__module__ = "activity"
+service_domain.__module__ = "activity"

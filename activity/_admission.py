@@ -1,24 +1,51 @@
-"""Running/pending accounting and the bounded FIFO queue of an activity.
+"""Running/pending accounting, the bounded FIFO queue, and partitions.
+
+Two records take part in every admission decision:
+
+- :class:`Counters`, one per activity: what its ``statistics()`` report. At
+  every point where user code can look,
+  ``accepted == pending + running + completed + failed + cancelled``.
+- :class:`Admission`, the *budget*: the places to run (``max_concurrency``),
+  the places to wait (``max_pending``), the FIFO queue and the parked
+  submitters. An activity has its own, unless it names a partition: then all
+  the activities of that partition (on one event loop) share one budget, so a
+  burst in one partition cannot take the places of another.
 
 Everything here is O(1) per call: a pending call is one entry in a deque (no
-task, no future), and a call cancelled while pending is left in the deque as a
-tombstone that ``pop_ready`` skips, instead of being searched for and removed.
-The counters obey one invariant at every point where user code can look:
-
-    accepted == pending + running + completed + failed + cancelled
+task, no future), and a call cancelled while pending stays in the deque as a
+tombstone that ``pop_ready`` skips, instead of being searched for.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._call import COMPLETED, FAILED, PENDING, RUNNING, Call, CallStatus
+from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from ._activity import Activity
     from ._dispatch import Event
 
-__all__ = ["Admission", "Waiter"]
+__all__ = ["Admission", "Counters", "Waiter", "join_partition"]
+
+
+class Counters:
+    """One activity's call counters."""
+
+    __slots__ = ("accepted", "cancelled", "completed", "failed", "pending", "rejected", "running")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.pending = 0
+        self.running = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
 
 
 class Waiter:
@@ -34,37 +61,30 @@ class Waiter:
 
 
 class Admission:
-    """The admission budget of one activity: slots to run, places to wait."""
+    """An admission budget: slots to run, places to wait, shared by a partition's activities."""
 
     __slots__ = (
-        "accepted",
-        "cancelled",
-        "completed",
-        "failed",
+        "__weakref__",
         "max_concurrency",
         "max_pending",
+        "partition",
         "pending",
         "queue",
-        "rejected",
-        "running",
         "slots",
         "waiters",
     )
 
-    def __init__(self, max_concurrency: int, max_pending: int) -> None:
+    def __init__(self, max_concurrency: int, max_pending: int, partition: str | None) -> None:
         self.max_concurrency = max_concurrency
         self.max_pending = max_pending
+        #: The partition's name, or ``None`` for an activity's own budget.
+        self.partition = partition
         #: Calls that hold one of the ``max_concurrency`` places.
         self.slots = 0
+        #: Live (not cancelled) calls in the queue.
+        self.pending = 0
         self.queue: deque[Call[Any]] = deque()
         self.waiters: deque[Waiter] = deque()
-        self.accepted = 0
-        self.rejected = 0
-        self.pending = 0
-        self.running = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
 
     def can_run_now(self) -> bool:
         """Whether a new call may start at once without overtaking anyone."""
@@ -76,8 +96,9 @@ class Admission:
 
     def accept_running(self, call: Call[Any], *, hold_slot: bool = True) -> None:
         """Count ``call`` as accepted and running."""
-        self.accepted += 1
-        self.running += 1
+        counters = call._activity._counters
+        counters.accepted += 1
+        counters.running += 1
         call._status = RUNNING
         if hold_slot:
             self.slots += 1
@@ -85,7 +106,9 @@ class Admission:
 
     def accept_pending(self, call: Call[Any]) -> None:
         """Count ``call`` as accepted and put it at the end of the queue."""
-        self.accepted += 1
+        counters = call._activity._counters
+        counters.accepted += 1
+        counters.pending += 1
         self.pending += 1
         self.queue.append(call)
 
@@ -97,8 +120,10 @@ class Admission:
         while queue:
             call = queue.popleft()
             if call._status is PENDING:
+                counters = call._activity._counters
+                counters.pending -= 1
+                counters.running += 1
                 self.pending -= 1
-                self.running += 1
                 self.slots += 1
                 call._holds_slot = True
                 call._status = RUNNING
@@ -116,34 +141,74 @@ class Admission:
         return None
 
     def finish(self, call: Call[Any], status: CallStatus) -> bool:
-        """Count ``call`` as ended with ``status``; return whether it freed a slot."""
-        previous = call._status
+        """Count ``call`` as ended with ``status``; return whether it freed a place."""
+        counters = call._activity._counters
         freed = False
-        if previous is RUNNING:
-            self.running -= 1
+        if call._status is RUNNING:
+            counters.running -= 1
             if call._holds_slot:
                 call._holds_slot = False
                 self.slots -= 1
                 freed = True
         else:
+            counters.pending -= 1
             self.pending -= 1
             freed = True  # a place in the queue, which a waiter may want
         if status is COMPLETED:
-            self.completed += 1
+            counters.completed += 1
         elif status is FAILED:
-            self.failed += 1
+            counters.failed += 1
         else:
-            self.cancelled += 1
+            counters.cancelled += 1
         call._status = status
         return freed
 
-    def drain_pending(self) -> list[Call[Any]]:
-        """Take every live pending call out of the queue (for cancellation)."""
-        calls = [call for call in self.queue if call._status is PENDING]
-        self.queue.clear()
-        return calls
+    def take_pending_of(self, activity: Activity) -> list[Call[Any]]:
+        """Take ``activity``'s live pending calls out of the queue (for cancellation).
 
-    @property
-    def in_flight(self) -> int:
-        """Accepted calls that have not finished."""
-        return self.pending + self.running
+        O(queue length), which only cancellation pays.
+        """
+        mine = [call for call in self.queue if call._activity is activity]
+        if len(mine) == len(self.queue):
+            self.queue.clear()
+        else:
+            self.queue = deque(call for call in self.queue if call._activity is not activity)
+        return [call for call in mine if call._status is PENDING]
+
+    def take_waiters_of(self, activity: Activity) -> list[Waiter]:
+        """Take ``activity``'s parked submitters (for refusal)."""
+        mine = [w for w in self.waiters if w.call._activity is activity]
+        if mine:
+            self.waiters = deque(w for w in self.waiters if w.call._activity is not activity)
+        return mine
+
+
+_partitions: weakref.WeakValueDictionary[tuple[int, str], Admission] = weakref.WeakValueDictionary()
+
+
+def join_partition(name: str, max_concurrency: int, max_pending: int) -> Admission:
+    """Return the budget of partition ``name`` on this thread's loop, creating it.
+
+    The first activity to open a partition sets its limits; a later one must ask
+    for the same limits.
+
+    :raises InvalidArgumentError: if the limits differ from the partition's
+    """
+    key = (threading.get_ident(), name)
+    budget = _partitions.get(key)
+    if budget is None:
+        budget = Admission(max_concurrency, max_pending, name)
+        _partitions[key] = budget
+        return budget
+    for field, theirs, ours in (
+        ("max_concurrency", budget.max_concurrency, max_concurrency),
+        ("max_pending", budget.max_pending, max_pending),
+    ):
+        if theirs != ours:
+            raise InvalidArgumentError(
+                f"partition {name!r} has {field}={theirs}; an activity joining it asked "
+                f"for {field}={ours} (activities of one partition share one budget)",
+                field=field,
+                value=ours,
+            )
+    return budget

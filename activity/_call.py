@@ -6,11 +6,11 @@ import enum
 import itertools
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
-from ._errors import CallPendingError, hresult_of
+from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Callable, Generator
     from contextvars import Context
 
     from ._activity import Activity
@@ -78,8 +78,10 @@ class Call(Generic[T_co]):
         "__weakref__",
         "_activity",
         "_args",
+        "_callbacks",
         "_cancel_reason",
         "_cancel_requested",
+        "_causality",
         "_context",
         "_error_target",
         "_event",
@@ -102,8 +104,10 @@ class Call(Generic[T_co]):
 
     _activity: Activity
     _args: tuple[Any, ...]
+    _callbacks: list[Callable[[Call[Any]], object]] | None
     _cancel_reason: str | None
     _cancel_requested: bool
+    _causality: object
     _context: Context | None
     _error_target: Any
     _event: Event | None
@@ -143,6 +147,8 @@ class Call(Generic[T_co]):
         self = object.__new__(cls)
         self._activity = activity
         self._origin = origin
+        self._causality = self
+        self._callbacks = None
         self._kind = kind
         self._fn = fn
         self._args = args
@@ -267,6 +273,26 @@ class Call(Generic[T_co]):
         :return: ``False`` if the call had already finished, else ``True``
         """
         return self._activity._cancel_call(self, reason)
+
+    def add_done_callback(self, callback: Callable[[Call[T_co]], object]) -> None:
+        """Call ``callback(call)`` on the activity's loop when the call finishes.
+
+        If the call has already finished, the callback is called at once. A
+        callback that raises is treated like a failing error handler: its
+        exception is raised when the activity exits.
+
+        :raises InvalidArgumentError: if ``callback`` is not callable
+        """
+        if not callable(callback):
+            raise InvalidArgumentError(
+                f"callback must be callable, got {callback!r}", field="callback", value=callback
+            )
+        if self._status in FINISHED:
+            self._activity._invoke_handler(callback, self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
 
     def _mark_observed(self) -> None:
         if not self._observed:

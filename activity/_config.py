@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import InvalidArgumentError
 
-__all__ = ["ActivityConfig", "FailurePolicy", "Overflow"]
+__all__ = [
+    "ActivityConfig",
+    "Binding",
+    "FailurePolicy",
+    "Inheritance",
+    "Overflow",
+    "Synchronization",
+    "ThreadPool",
+]
 
 
 class Overflow(enum.Enum):
@@ -37,6 +45,62 @@ class FailurePolicy(enum.Enum):
 
 #: ``error_handler(call, exc)``; kept loose here because pydantic validates it at runtime.
 ErrorHandler = Callable[..., object]
+
+
+class Synchronization(enum.Enum):
+    """Whether calls run one at a time in a synchronization domain (COM+'s four values).
+
+    A domain lets one call chain in at a time; a chain already inside (same
+    causality: a ``synchronous_call`` made from a call that holds the domain,
+    directly, through another activity or from a worker thread) re-enters at
+    once instead of deadlocking, and other chains wait their turn, FIFO.
+    """
+
+    #: No domain: calls run concurrently (the default under ``Inheritance.IGNORE``).
+    NONE = "none"
+    #: Join the enclosing activity's domain if it has one, else none (the default
+    #: under ``Inheritance.INHERIT``).
+    IF_CONTAINER_IS_SYNCHRONIZED = "if_container_is_synchronized"
+    #: Always synchronized: the enclosing activity's domain, or a new one.
+    NEW_IF_NECESSARY = "new_if_necessary"
+    #: Always a new domain of the activity's own.
+    NEW = "new"
+
+
+class ThreadPool(enum.Enum):
+    """Where the activity's blocking (plain callable) calls run."""
+
+    #: COM+'s ThreadPoolNone; refused for an activity, as ``CoCreateActivity`` refuses it.
+    NONE = "none"
+    #: The enclosing activity's model (MTA when there is none).
+    INHERIT = "inherit"
+    #: A single-threaded apartment: blocking calls run one at a time on a thread of
+    #: the activity's own, named after it and joined when the activity exits.
+    STA = "sta"
+    #: Worker threads under the activity's ``thread_limit`` (the default).
+    MTA = "mta"
+
+
+class Binding(enum.Enum):
+    """Whether an STA activity's blocking calls are bound to one thread."""
+
+    #: An STA activity may move to a fresh apartment thread when its thread is held
+    #: by an abandoned (cancelled or timed-out) call.
+    NO_BINDING = "no_binding"
+    #: Every blocking call runs on the same dedicated thread for the activity's whole
+    #: life (thread affinity: thread-bound objects such as a ``sqlite3`` connection
+    #: made there stay usable). Only for STA activities.
+    BIND_TO_POOL_THREAD = "bind_to_pool_thread"
+
+
+class Inheritance(enum.Enum):
+    """Whether a nested activity builds on the activity it was entered in."""
+
+    #: Start clean: no parent locals, no parent domain (COM+'s default).
+    IGNORE = "ignore"
+    #: See the parent's ``ActivityLocal`` values (a ``set`` shadows, never writes
+    #: through), and take its domain and thread model where those say so.
+    INHERIT = "inherit"
 
 
 class ActivityConfig(BaseModel):
@@ -73,6 +137,34 @@ class ActivityConfig(BaseModel):
     failure_policy: FailurePolicy = FailurePolicy.ISOLATE
     #: Called as ``error_handler(call, exc)`` (sync or async) when an asynchronous call fails.
     error_handler: ErrorHandler | None = Field(default=None, exclude=True)
+    #: Whether a nested activity builds on its parent (COM+'s ``IServiceInheritanceConfig``).
+    inheritance: Inheritance = Inheritance.IGNORE
+    #: The synchronization domain (None: ``NONE`` under ``IGNORE``,
+    #: ``IF_CONTAINER_IS_SYNCHRONIZED`` under ``INHERIT``).
+    synchronization: Synchronization | None = None
+    #: Where blocking calls run (None: ``MTA`` under ``IGNORE``, ``INHERIT`` under ``INHERIT``).
+    thread_pool: ThreadPool | None = None
+    #: Thread affinity for an STA activity.
+    binding: Binding = Binding.NO_BINDING
+    #: Activities that name the same partition share one admission budget (running and
+    #: pending), so a burst in one partition cannot starve another.
+    partition: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @property
+    def effective_synchronization(self) -> Synchronization:
+        """``synchronization``, or the default of the inheritance mode."""
+        if self.synchronization is not None:
+            return self.synchronization
+        if self.inheritance is Inheritance.INHERIT:
+            return Synchronization.IF_CONTAINER_IS_SYNCHRONIZED
+        return Synchronization.NONE
+
+    @property
+    def effective_thread_pool(self) -> ThreadPool:
+        """``thread_pool``, or the default of the inheritance mode."""
+        if self.thread_pool is not None:
+            return self.thread_pool
+        return ThreadPool.INHERIT if self.inheritance is Inheritance.INHERIT else ThreadPool.MTA
 
     def __init__(self, /, **data: Any) -> None:
         try:
@@ -131,5 +223,13 @@ def _invalid(exc: ValidationError) -> InvalidArgumentError:
     return InvalidArgumentError(message, field=field, value=value)
 
 
-for _obj in (ActivityConfig, Overflow, FailurePolicy):
+for _obj in (
+    ActivityConfig,
+    Overflow,
+    FailurePolicy,
+    Synchronization,
+    ThreadPool,
+    Binding,
+    Inheritance,
+):
     _obj.__module__ = "activity"

@@ -10,15 +10,19 @@ worker threads and never into another activity.
 
 from __future__ import annotations
 
+from collections import deque
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._errors import ActivityError
 
 if TYPE_CHECKING:
-    from ._activity import Activity
+    from collections.abc import Callable
 
-__all__ = ["ActivityLocal", "current_activity"]
+    from ._activity import Activity
+    from ._dispatch import Event
+
+__all__ = ["ActivityLocal", "SynchronizationDomain", "current_activity", "current_causality"]
 
 T = TypeVar("T")
 
@@ -28,6 +32,8 @@ class _Frame(Protocol):
     def _activity(self) -> Activity: ...
     @property
     def _origin(self) -> Activity | None: ...
+    @property
+    def _causality(self) -> object | None: ...
 
 
 _frame: Final[ContextVar[_Frame | None]] = ContextVar("activity.frame", default=None)
@@ -42,6 +48,105 @@ def current_activity() -> Activity | None:
     """
     frame = _frame.get()
     return None if frame is None else frame._activity
+
+
+def current_causality() -> object | None:
+    """The logical thread (COM+ causality) of the running code, if it is in a call.
+
+    A call made with ``asynchronous_call`` starts a causality of its own; a
+    ``synchronous_call`` made from inside a call continues its caller's, since
+    the caller waits for it: that is what lets a chain re-enter a
+    synchronization domain it already holds.
+    """
+    frame = _frame.get()
+    return None if frame is None else frame._causality
+
+
+class SynchronizationDomain:
+    """Lets one causality in at a time; the same causality re-enters; others wait, FIFO.
+
+    The domain is handed directly from the leaving chain to the oldest waiter, so
+    no newcomer can overtake one that waits.
+    """
+
+    __slots__ = ("_depth", "_new_event", "_owner", "_waiters", "name")
+
+    def __init__(self, name: str, new_event: Callable[[], Event]) -> None:
+        self.name = name
+        self._new_event = new_event
+        self._owner: object | None = None
+        self._depth = 0
+        self._waiters: deque[tuple[object, Event]] = deque()
+
+    @property
+    def owner(self) -> object | None:
+        """The causality inside the domain, if any."""
+        return self._owner
+
+    def try_enter(self, causality: object) -> bool:
+        """Enter at once if the domain is free or already ``causality``'s."""
+        if self._owner is causality:
+            self._depth += 1
+            return True
+        if self._owner is None and not self._waiters:
+            self._owner = causality
+            self._depth = 1
+            return True
+        return False
+
+    def reserve(self, causality: object) -> Event | None:
+        """Enter at once (``None``), or take a place in line (the event that says "your turn").
+
+        Taking the place synchronously, when a call is started, keeps the domain
+        FIFO in submission order whatever order the scheduler runs tasks in.
+        """
+        if self.try_enter(causality):
+            return None
+        event = self._new_event()
+        self._waiters.append((causality, event))
+        return event
+
+    async def wait_turn(self, causality: object, ticket: Event | None) -> None:
+        """Wait until a place taken with :meth:`reserve` comes up."""
+        if ticket is None:
+            return
+        try:
+            await ticket.wait()
+        except BaseException:
+            self.abandon(causality, ticket)
+            raise
+
+    def abandon(self, causality: object, ticket: Event | None) -> None:
+        """Give up a reservation: leave if it was granted, else step out of line."""
+        if ticket is None or ticket.is_set():
+            self.leave(causality)
+        else:
+            self._waiters.remove((causality, ticket))
+
+    async def enter(self, causality: object) -> None:
+        """Enter the domain, waiting for other chains to leave."""
+        await self.wait_turn(causality, self.reserve(causality))
+
+    def leave(self, causality: object) -> None:
+        """Leave one level; the last level hands the domain to the oldest waiter."""
+        if self._owner is not causality:
+            raise RuntimeError(f"synchronization domain {self.name!r} left by a non-owner")
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
+        if self._waiters:
+            owner, event = self._waiters.popleft()
+            self._owner = owner
+            self._depth = 1
+            event.set()
+
+    def __repr__(self) -> str:
+        state = "free" if self._owner is None else f"held, {len(self._waiters)} waiting"
+        return f"<SynchronizationDomain {self.name!r} {state}>"
+
+
+SynchronizationDomain.__module__ = "activity"
 
 
 class _Missing:

@@ -8,7 +8,9 @@ is one native task created with the call's context, finished by a done
 callback: there is no wrapper coroutine and no anyio task group, whose
 per-task cancel scope costs several times a native task. A blocking call is
 one ``run_in_executor`` future on the activity's own thread pool (its thread
-limiter), again finished by a done callback, without a task.
+limiter), again finished by a done callback, without a task. Calls that need
+more (a synchronization domain to enter, an STA thread, the loop thread after
+``bind_to_current_thread()``) run in one wrapper task each.
 
 ``AnyioDispatcher`` (trio, or any backend anyio supports) runs each call in
 its own task of an anyio task group, inside a cancel scope, and blocking calls
@@ -18,30 +20,44 @@ Both run a ``synchronous_call`` *inline*, in the caller's own task: the body's
 coroutine is driven step by step inside the call's context by
 :func:`drive_in_context`, so it sees its own copy of the context (and its
 ``ContextVar`` writes stay there) without the cost of a new task.
+
+:class:`Apartment` is COM+'s single-threaded apartment: an activity's blocking
+calls run one at a time on a thread of its own, started lazily and named after
+the activity. Unbound, the apartment moves to a fresh thread when its thread is
+held by an abandoned (cancelled or timed-out) call; bound
+(``BIND_TO_POOL_THREAD``) it never changes thread, so thread-affine objects made
+there stay usable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
+import itertools
 import math
+import queue
+import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 
 from ._call import CANCELLED, COMPLETED, FAILED, RUNNING, Call, CallStatus, Kind
 from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    import contextvars
     from collections.abc import Callable, Coroutine, Generator
 
     from ._activity import Activity
 
-__all__ = ["AnyioDispatcher", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome"]
+__all__ = ["AnyioDispatcher", "Apartment", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome"]
 
 #: (status, result, exception) of a finished call.
 Outcome = tuple[CallStatus, Any, BaseException | None]
@@ -124,11 +140,92 @@ def timeout_error(call: Call[Any]) -> CallTimeoutError:
     return CallTimeoutError(f"call {call.name!r} did not finish within {call._timeout} s")
 
 
+class _StaThread:
+    """One apartment thread: runs submitted work one item at a time, in order."""
+
+    __slots__ = ("queue", "thread")
+
+    def __init__(self, name: str) -> None:
+        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        # A daemon: an abandoned call that never returns must not keep the process alive.
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (item := self.queue.get()) is not None:
+            future, run, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = run(fn, *args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del item, future, run, fn, args
+
+    def submit(
+        self, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.queue.put((future, run, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self.queue.put(None)
+
+
+class Apartment:
+    """The single-threaded apartment of an STA activity (see the module doc)."""
+
+    __slots__ = ("_bound", "_name", "_numbers", "_retired", "_thread")
+
+    def __init__(self, name: str, *, bound: bool) -> None:
+        self._name = name
+        self._bound = bound
+        self._numbers = itertools.count(1)
+        self._thread: _StaThread | None = None
+        self._retired: list[_StaThread] = []
+
+    @property
+    def bound(self) -> bool:
+        """Whether the apartment keeps one thread for its whole life."""
+        return self._bound
+
+    def submit(
+        self, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
+    ) -> concurrent.futures.Future[Any]:
+        """Queue ``run(fn, *args)`` on the apartment thread, starting it if need be."""
+        thread = self._thread
+        if thread is None:
+            number = next(self._numbers)
+            suffix = "" if number == 1 else f"-{number}"
+            thread = self._thread = _StaThread(f"activity-{self._name}-sta{suffix}")
+        return thread.submit(run, fn, args)
+
+    def abandon(self) -> None:
+        """The thread is held by an abandoned call: unbound, move to a fresh one."""
+        if not self._bound and self._thread is not None:
+            self._thread.stop()
+            self._retired.append(self._thread)
+            self._thread = None
+
+    def stop(self) -> list[threading.Thread]:
+        """Ask every thread the apartment started to stop; return them, to be joined."""
+        threads = [*self._retired, *([self._thread] if self._thread is not None else [])]
+        self._retired = []
+        self._thread = None
+        for sta in threads:
+            sta.stop()
+        return [sta.thread for sta in threads]
+
+
 class AsyncioDispatcher:
     """Native asyncio tasks and an activity-owned thread pool (see the module doc)."""
 
     __slots__ = (
         "_activity",
+        "_apartment",
         "_executor",
         "_loop",
         "_system_tasks",
@@ -136,9 +233,12 @@ class AsyncioDispatcher:
         "_thread_name",
     )
 
-    def __init__(self, activity: Activity, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, activity: Activity, loop: asyncio.AbstractEventLoop, apartment: Apartment | None
+    ) -> None:
         self._activity = activity
         self._loop = loop
+        self._apartment = apartment
         self._thread_limit = activity.config.thread_limit
         self._thread_name = f"activity-{activity.name}"
         self._executor: ThreadPoolExecutor | None = None
@@ -162,39 +262,75 @@ class AsyncioDispatcher:
         loop = self._loop
         context = call._context
         assert context is not None
+        activity = self._activity
+        plain = activity._domain is None
         if call._kind is Kind.BLOCKING:
-            run: Callable[..., Any] = context.run
-            future = loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
-            call._future = future
-            # Not the call's context: a cancelled future finishes while the
-            # abandoned thread may still be inside it, and a context can be
-            # entered only once at a time.
-            future.add_done_callback(self._thread_done(call), context=context.copy())
-        else:
+            if plain and self._apartment is None and not activity._bound_to_loop:
+                run: Callable[..., Any] = context.run
+                future = loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
+                call._future = future
+                # Not the call's context: a cancelled future finishes while the
+                # abandoned thread may still be inside it, and a context can be
+                # entered only once at a time.
+                future.add_done_callback(self._done(call), context=context.copy())
+            else:
+                self._start_task(call, self._run_wrapped(call), context)
+        elif plain:
             if call._kind is Kind.COROUTINE:
                 coro = call._fn
             else:
                 try:
                     coro = context.run(call._fn, *call._args)
                 except BaseException as exc:
-                    loop.call_soon(self._activity._finish, call, FAILED, None, exc)
+                    loop.call_soon(activity._finish, call, FAILED, None, exc)
                     return
                 if not inspect.iscoroutine(coro):
-                    loop.call_soon(self._activity._finish, call, *_outcome_of_result(call, coro))
+                    loop.call_soon(activity._finish, call, *_outcome_of_result(call, coro))
                     return
-            task = loop.create_task(coro, context=context)
-            call._future = task
-            task.add_done_callback(self._task_done(call), context=context)
+            self._start_task(call, coro, context)
+        else:
+            self._start_task(call, self._run_wrapped(call), context)
         if call._timeout is not None:
             call._timer = loop.call_later(call._timeout, self._on_timeout, call)
 
-    def _task_done(self, call: Call[Any]) -> Callable[[asyncio.Task[Any]], None]:
-        def done(task: asyncio.Task[Any]) -> None:
-            self._activity._finish(call, *self._outcome(call, task))
+    def _start_task(
+        self, call: Call[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context
+    ) -> None:
+        task = self._loop.create_task(coro, context=context)
+        call._future = task
+        task.add_done_callback(self._done(call), context=context)
 
-        return done
+    async def _run_wrapped(self, call: Call[Any]) -> Any:
+        """A call that enters a domain, or runs on an STA thread or on the loop thread."""
+        domain = self._activity._domain
+        if domain is not None:
+            await domain.enter(call._causality)
+        try:
+            if call._kind is Kind.BLOCKING:
+                # A copy: if this task is cancelled while an abandoned thread still
+                # runs in the context, the task must not need to enter it too.
+                return await self._blocking(call, contextvars.copy_context().run)
+            coro = call._fn if call._kind is Kind.COROUTINE else call._fn(*call._args)
+            return await coro if inspect.iscoroutine(coro) else coro
+        finally:
+            if domain is not None:
+                domain.leave(call._causality)
 
-    def _thread_done(self, call: Call[Any]) -> Callable[[asyncio.Future[Any]], None]:
+    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
+        if self._activity._bound_to_loop:
+            return run(call._fn, *call._args)
+        apartment = self._apartment
+        if apartment is not None:
+            future = apartment.submit(run, call._fn, call._args)
+            try:
+                return await asyncio.wrap_future(future, loop=self._loop)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    apartment.abandon()
+                raise
+        return await self._loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
+
+    def _done(self, call: Call[Any]) -> Callable[[asyncio.Future[Any]], None]:
         def done(future: asyncio.Future[Any]) -> None:
             self._activity._finish(call, *self._outcome(call, future))
 
@@ -238,19 +374,25 @@ class AsyncioDispatcher:
         call._future = task
         if call._timeout is not None:
             call._timer = loop.call_later(call._timeout, self._on_timeout, call)
+        domain = self._activity._domain
         try:
-            if call._kind is Kind.BLOCKING:
-                run: Callable[..., Any] = context.run
-                result = await loop.run_in_executor(
-                    self._get_executor(), run, call._fn, *call._args
-                )
-            else:
-                coro = (
-                    call._fn if call._kind is Kind.COROUTINE else context.run(call._fn, *call._args)
-                )
-                result = (
-                    await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
-                )
+            if domain is not None:
+                await domain.enter(call._causality)
+            try:
+                if call._kind is Kind.BLOCKING:
+                    result = await self._blocking(call, context.run)
+                else:
+                    coro = (
+                        call._fn
+                        if call._kind is Kind.COROUTINE
+                        else context.run(call._fn, *call._args)
+                    )
+                    result = (
+                        await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
+                    )
+            finally:
+                if domain is not None:
+                    domain.leave(call._causality)
         except asyncio.CancelledError as exc:
             ours = call._cancel_requested or call._timed_out
             if ours and task.uncancel() == 0:
@@ -306,16 +448,27 @@ class AsyncioDispatcher:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
+class _NoTicket:
+    """No place was taken in the domain's line beforehand."""
+
+    __slots__ = ()
+
+
+_NO_TICKET = _NoTicket()
+
+
 class AnyioDispatcher:
     """Tasks of an anyio task group, each in its own cancel scope (see the module doc)."""
 
-    __slots__ = ("_activity", "_cancelled_exc", "_limiter", "_tg")
+    __slots__ = ("_activity", "_apartment", "_cancelled_exc", "_limiter", "_tg", "_token")
 
-    def __init__(self, activity: Activity) -> None:
+    def __init__(self, activity: Activity, apartment: Apartment | None) -> None:
         self._activity = activity
+        self._apartment = apartment
         self._limiter = anyio.CapacityLimiter(activity.config.thread_limit)
         self._tg = anyio.create_task_group()
         self._cancelled_exc: type[BaseException] = anyio.get_cancelled_exc_class()
+        self._token = anyio.lowlevel.current_token()
 
     async def open(self) -> None:
         await self._tg.__aenter__()
@@ -329,41 +482,91 @@ class AnyioDispatcher:
     def start(self, call: Call[Any]) -> None:
         context = call._context
         assert context is not None
+        # trio starts new tasks in no set order: take the call's place in the
+        # domain's line now, so the domain stays FIFO in submission order.
+        domain = self._activity._domain
+        ticket = None if domain is None else domain.reserve(call._causality)
         # The new task runs in a copy of the context current at start_soon.
-        context.run(self._tg.start_soon, self._run_task, call)
+        context.run(self._tg.start_soon, self._run_task, call, ticket)
 
-    async def _run_task(self, call: Call[Any]) -> None:
+    async def _run_task(self, call: Call[Any], ticket: Event | None) -> None:
+        domain = self._activity._domain
         if call._cancel_requested:
+            if domain is not None:
+                domain.abandon(call._causality, ticket)
             self._activity._finish(call, CANCELLED, None, None)
             return
-        outcome = await self._run(call, self._body(call))
-        self._activity._finish(call, *outcome)
-
-    def _body(self, call: Call[Any]) -> Callable[[], Coroutine[Any, Any, Any]]:
         kind = call._kind
-        if kind is Kind.BLOCKING:
-            return lambda: anyio.to_thread.run_sync(
-                call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
-            )
-        if kind is Kind.COROUTINE:
-            return lambda: call._fn
 
         async def body() -> Any:
-            coro = call._fn(*call._args)
+            if kind is Kind.BLOCKING:
+                return await self._blocking(call, contextvars.copy_context().run)
+            coro = call._fn if kind is Kind.COROUTINE else call._fn(*call._args)
             return await coro if inspect.iscoroutine(coro) else coro
 
-        return body
+        outcome = await self._run(call, body, ticket)
+        self._activity._finish(call, *outcome)
 
-    async def _run(self, call: Call[Any], body: Callable[[], Coroutine[Any, Any, Any]]) -> Outcome:
+    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
+        if self._activity._bound_to_loop:
+            return run(call._fn, *call._args)
+        apartment = self._apartment
+        if apartment is not None:
+            future = apartment.submit(run, call._fn, call._args)
+            try:
+                return await self._await_future(future)
+            except self._cancelled_exc:
+                if not future.cancel():
+                    apartment.abandon()
+                raise
+        return await anyio.to_thread.run_sync(
+            run, call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    async def _await_future(self, future: concurrent.futures.Future[Any]) -> Any:
+        """Wait for a future that a thread of ours completes, without holding a thread."""
+        event = anyio.Event()
+        loop_thread = threading.get_ident()
+        token = self._token
+
+        def wake(_: concurrent.futures.Future[Any]) -> None:
+            if threading.get_ident() == loop_thread:
+                event.set()
+                return
+            try:
+                anyio.from_thread.run_sync(event.set, token=token)
+            except Exception:  # the loop has finished: nobody is waiting any more
+                return
+
+        future.add_done_callback(wake)
+        await event.wait()
+        return future.result()
+
+    async def _run(
+        self,
+        call: Call[Any],
+        body: Callable[[], Coroutine[Any, Any, Any]],
+        ticket: Event | _NoTicket | None = _NO_TICKET,
+    ) -> Outcome:
         deadline = math.inf if call._timeout is None else anyio.current_time() + call._timeout
         scope = anyio.CancelScope(deadline=deadline)
         call._future = scope
         if call._cancel_requested:
             scope.cancel()
+        domain = self._activity._domain
         result: Any = None
         try:
             with scope:
-                result = await body()
+                if domain is not None:
+                    if isinstance(ticket, _NoTicket):
+                        await domain.enter(call._causality)
+                    else:
+                        await domain.wait_turn(call._causality, ticket)
+                try:
+                    result = await body()
+                finally:
+                    if domain is not None:
+                        domain.leave(call._causality)
         except self._cancelled_exc as exc:
             # Cancelled from outside the call's own scope (the host went away).
             return CANCELLED, None, exc
@@ -389,16 +592,13 @@ class AnyioDispatcher:
         kind = call._kind
         run: Callable[..., Any] = context.run
 
-        def in_thread() -> Coroutine[Any, Any, Any]:
-            return anyio.to_thread.run_sync(
-                run, call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
-            )
-
-        async def on_loop() -> Any:
+        async def body() -> Any:
+            if kind is Kind.BLOCKING:
+                return await self._blocking(call, run)
             coro = call._fn if kind is Kind.COROUTINE else run(call._fn, *call._args)
             return await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
 
-        return await self._run(call, in_thread if kind is Kind.BLOCKING else on_loop)
+        return await self._run(call, body)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActivityStatistics",
     "EventKind",
+    "PartitionStatistics",
     "TrackingEvent",
     "add_listener",
     "live_activities",
@@ -65,9 +66,11 @@ class ActivityStatistics(BaseModel):
     failed: int
     #: Calls cancelled on purpose.
     cancelled: int
-    #: The limits the counters run against.
+    #: The limits the counters run against (the partition's, in a partition).
     max_concurrency: int
     max_pending: int
+    #: The partition whose budget the activity shares, if any.
+    partition: str | None = None
 
     @property
     def finished(self) -> int:
@@ -78,6 +81,26 @@ class ActivityStatistics(BaseModel):
     def in_flight(self) -> int:
         """Accepted calls that have not ended: pending + running."""
         return self.pending + self.running
+
+
+class PartitionStatistics(BaseModel):
+    """A frozen snapshot of a partition's shared admission budget.
+
+    .. versionadded:: 0.1
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The partition's name.
+    name: str
+    #: Calls of the partition's activities that hold a place to run.
+    running: int
+    #: Accepted calls of the partition's activities waiting for a place.
+    pending: int
+    #: Submitters parked until the queue has room (``Overflow.WAIT``).
+    waiting: int
+    max_concurrency: int
+    max_pending: int
 
 
 class EventKind(enum.Enum):
@@ -144,3 +167,4 @@ def emit(kind: EventKind, activity: Activity, call: Call[Any] | None = None) -> 
 
 
 ActivityStatistics.__module__ = "activity"
+PartitionStatistics.__module__ = "activity"

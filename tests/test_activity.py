@@ -713,7 +713,7 @@ class TestThreads:
         assert len(errors) == 2
         assert isinstance(errors[0], RuntimeError)
         assert errors[0].hresult is HResult.RPC_E_WRONG_THREAD  # type: ignore[attr-defined]
-        assert "run_coroutine_threadsafe" in str(errors[0])
+        assert "synchronous_call_from_thread" in str(errors[0])
         assert act.statistics().accepted == 0
 
     async def test_thread_limit_bounds_blocking_calls(self) -> None:
