@@ -40,6 +40,25 @@ EXPECTED = {
         "timed out: CallTimeoutError, hresult E_TIMEOUT",
         "raised at exit: ValueError: invalid literal for int() with base 10: 'oops'",
     ],
+    "synchronization.py": [
+        "balance after 100 concurrent deposits: 100",
+        "ledger -> audit -> ledger: audited 100",
+        "inside the block, the call is admitted (running) but waits",
+        "after the block, it ran: completed, balance 110",
+    ],
+    "threads.py": [
+        "connection opened on activity-orders-sta",
+        "total ordered: 12",
+        "bound to the loop thread: True",
+        "from a plain thread: 6",
+    ],
+    "nesting_and_partitions.py": [
+        "child 'job' of 'service' sees region 'eu-west'",
+        "the child's own value: 'eu-north'",
+        "the parent kept 'eu-west'",
+        "acme burst: 3 accepted, 2 rejected (2 running + 1 pending)",
+        "globex still admits: 1 running of 2",
+    ],
 }
 
 
