@@ -35,8 +35,10 @@ COUNTERS = ("accepted", "rejected", "pending", "running", "completed", "failed",
 
 
 def statistics(**counters: int) -> ActivityStatistics:
-    fields: dict[str, int] = {name: counters.get(name, 0) for name in COUNTERS}
-    return ActivityStatistics(name="demo", id=1, max_concurrency=5, max_pending=20, **fields)
+    fields: dict[str, object] = {name: counters.get(name, 0) for name in COUNTERS}
+    return ActivityStatistics.model_validate(
+        {"name": "demo", "id": 1, "max_concurrency": 5, "max_pending": 20, **fields}
+    )
 
 
 class TestDemo:

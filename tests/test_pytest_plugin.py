@@ -7,10 +7,10 @@ from activity.pytest_plugin import assert_balanced
 
 
 def _stats(**counts: int) -> ActivityStatistics:
-    base = {"accepted": 0, "rejected": 0, "pending": 0, "running": 0, "completed": 0}
-    base.update({"failed": 0, "cancelled": 0, "max_concurrency": 1, "max_pending": 1})
-    base.update(counts)
-    return ActivityStatistics(name="t", id=1, **base)
+    base: dict[str, object] = {"name": "t", "id": 1, "max_concurrency": 1, "max_pending": 1}
+    for name in ("accepted", "rejected", "pending", "running", "completed", "failed", "cancelled"):
+        base[name] = counts.get(name, 0)
+    return ActivityStatistics.model_validate(base)
 
 
 def test_assert_balanced() -> None:
