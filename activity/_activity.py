@@ -457,8 +457,12 @@ class Activity:
                 self._token = None
             if tracking._listeners:
                 tracking.emit(tracking.EventKind.ACTIVITY_CLOSED, self)
-        failures: list[BaseException] = [call._exception for call in self._unobserved.values()]  # type: ignore[misc]
+        # A tuple first: a thread reading a call's future may pop from the dict meanwhile.
+        unobserved = tuple(self._unobserved.values())
         self._unobserved.clear()
+        failures: list[BaseException] = [
+            call._exception for call in unobserved if call._exception is not None
+        ]
         failures.extend(self._handler_errors)
         self._handler_errors = []
         raised = interrupted if interrupted is not None else exc
