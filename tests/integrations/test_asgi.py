@@ -1,0 +1,480 @@
+"""The pure ASGI middleware, on uvicorn and hypercorn, and at the ASGI level."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+
+from activity import (
+    Activity,
+    ActivityConfig,
+    ActivityError,
+    AsyncWorkRejectedError,
+    CallStatus,
+    HResult,
+    InvalidArgumentError,
+)
+from activity.integrations.asgi import (
+    DEFAULT_STATUS_MAP,
+    ActivityMiddleware,
+    ASGIApp,
+    Message,
+    ProblemDetails,
+    Receive,
+    RequestInfo,
+    Scope,
+    Send,
+    current_app_activity,
+    current_request,
+    current_request_activity,
+    current_request_id,
+    http_status_of,
+    problem_details,
+    run_in_background,
+)
+
+from .scenarios import (
+    DEADLINE,
+    Probe,
+    Serve,
+    problem_scenario,
+    raw_app,
+    release_on_shutdown,
+    saturation_scenario,
+    shutdown_scenario,
+    tenant_scenario,
+)
+from .servers import serve_hypercorn, serve_uvicorn
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+
+@asynccontextmanager
+async def raw_on_uvicorn(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
+    app = ActivityMiddleware(raw_app(probe), **options)
+    async with serve_uvicorn(release_on_shutdown(app, probe.release)) as url:
+        yield url
+
+
+@asynccontextmanager
+async def raw_on_hypercorn(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
+    app = ActivityMiddleware(raw_app(probe), **options)
+    async with serve_hypercorn(release_on_shutdown(app, probe.release)) as url:
+        yield url
+
+
+SERVERS = [
+    pytest.param(raw_on_uvicorn, id="uvicorn"),
+    pytest.param(raw_on_hypercorn, id="hypercorn"),
+]
+
+
+class TestOnRealServers:
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("serve", SERVERS)
+    async def test_tenants_never_cross(self, serve: Serve, request: pytest.FixtureRequest) -> None:
+        await tenant_scenario(serve, f"asgi/{request.node.callspec.id}")
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("serve", SERVERS)
+    async def test_saturation_answers_503_never_500(
+        self, serve: Serve, request: pytest.FixtureRequest
+    ) -> None:
+        await saturation_scenario(serve, f"asgi/{request.node.callspec.id}")
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("serve", SERVERS)
+    async def test_shutdown_loses_no_call(
+        self, serve: Serve, request: pytest.FixtureRequest
+    ) -> None:
+        await shutdown_scenario(serve, f"asgi/{request.node.callspec.id}")
+
+    @pytest.mark.asyncio
+    async def test_problem_details(self) -> None:
+        await problem_scenario(raw_on_uvicorn, "asgi/uvicorn")
+
+    @pytest.mark.asyncio
+    async def test_without_lifespan_the_app_activity_opens_on_first_use(self) -> None:
+        probe = Probe()
+        middleware = ActivityMiddleware(raw_app(probe))
+        assert middleware.app_activity is None
+        async with (
+            serve_uvicorn(middleware, lifespan="off") as url,
+            aiohttp.ClientSession() as session,
+        ):
+            async with session.get(f"{url}/job/finishing") as response:
+                assert response.status == 200
+            app = middleware.app_activity
+            assert app is not None
+            assert app is probe.app_activity
+        # No lifespan: the server stopped and the activity is still open.
+        assert middleware.app_activity is app
+        probe.release.set()
+        await middleware.aclose()
+        assert middleware.app_activity is None
+        assert [call.status for call in probe.calls] == [CallStatus.COMPLETED]
+        assert app.statistics().completed == 1
+
+    @pytest.mark.asyncio
+    async def test_statistics_list_the_open_requests(self) -> None:
+        entered = asyncio.Event()
+        leave = asyncio.Event()
+
+        async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            entered.set()
+            await leave.wait()
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        app = ActivityMiddleware(
+            slow, app_options={"name": "shop"}, statistics_path="/_activity/stats"
+        )
+        async with serve_uvicorn(app) as url, aiohttp.ClientSession() as session:
+            pending = asyncio.create_task(session.get(f"{url}/slow?x=1"))
+            async with asyncio.timeout(DEADLINE):
+                await entered.wait()
+            async with session.get(f"{url}/_activity/stats") as response:
+                assert response.status == 200
+                assert response.headers["cache-control"] == "no-store"
+                document = await response.json()
+            async with session.post(f"{url}/_activity/stats") as response:
+                assert response.status == 405
+            leave.set()
+            (await pending).release()
+        assert document["app"]["name"] == "shop"
+        assert [child["name"] for child in document["children"]] == ["GET /slow"]
+        assert set(document["app"]) == set(document["children"][0])
+
+    @pytest.mark.asyncio
+    async def test_websocket_gets_a_request_activity_and_a_close_code(self) -> None:
+        async def chat(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "websocket":
+                raise AssertionError("a WebSocket application only")
+            await receive()  # websocket.connect
+            await send({"type": "websocket.accept"})
+            info = current_request()
+            assert info is not None
+            assert info.type == "websocket"
+            assert current_request_activity() is scope["activity.request_activity"]
+            await send({"type": "websocket.send", "text": f"{info.request_id} {info.path}"})
+            message = await receive()
+            if message.get("text") == "overload":
+                raise AsyncWorkRejectedError("too many chats")
+            raise ActivityError("something else")
+
+        async with (
+            serve_uvicorn(ActivityMiddleware(chat)) as url,
+            aiohttp.ClientSession() as session,
+        ):
+            closes: list[tuple[int | None, str]] = []
+            for text in ("overload", "other"):
+                async with session.ws_connect(
+                    f"{url.replace('http', 'ws')}/chat", headers={"x-request-id": "ws-1"}
+                ) as ws:
+                    assert await ws.receive_str() == "ws-1 /chat"
+                    await ws.send_str(text)
+                    message = await ws.receive()
+                    assert message.type is aiohttp.WSMsgType.CLOSE
+                    closes.append((ws.close_code, str(message.extra)))
+        assert closes == [(1013, "CO_E_ASYNC_WORK_REJECTED"), (1011, "E_FAIL")]
+
+
+# -- at the ASGI level, without a server --------------------------------------------------
+
+
+class Exchange:
+    """Drive one ASGI HTTP request through an application by hand."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    async def receive(self) -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.sent[0]["headers"]}
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent[1:])
+
+
+def http_scope(path: str = "/", headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"a=1",
+        "root_path": "",
+        "headers": headers or [],
+        "client": ["127.0.0.1", 50000],
+        "server": ["127.0.0.1", 8000],
+    }
+
+
+async def respond(scope: Scope, receive: Receive, send: Send, text: str = "ok") -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", b"mine")]}
+    )
+    await send({"type": "http.response.body", "body": text.encode()})
+
+
+def raising(exc: BaseException, *, after_start: bool = False) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if after_start:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise exc
+
+    return app
+
+
+class TestAtTheASGILevel:
+    @pytest.mark.asyncio
+    async def test_request_info_and_locals(self) -> None:
+        seen: list[Any] = []
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            info = current_request()
+            request = current_request_activity()
+            app_activity = current_app_activity()
+            assert request is not None
+            assert app_activity is not None
+            seen.extend([info, request.name, request.parent is app_activity])
+            seen.append(await request.synchronous_call(current_request_id))
+            await respond(scope, receive, send)
+
+        middleware = ActivityMiddleware(app, request_id_header="X-Correlation-Id")
+        exchange = Exchange()
+        headers = [(b"x-correlation-id", b"abc-1"), (b"x-tenant", b"Acme")]
+        await middleware(http_scope("/orders", headers), exchange.receive, exchange.send)
+        await middleware.aclose()
+        info, name, is_child, thread_id = seen
+        assert info == RequestInfo(
+            type="http",
+            method="GET",
+            scheme="http",
+            path="/orders",
+            query_string="a=1",
+            client=("127.0.0.1", 50000),
+            headers=(("x-correlation-id", "abc-1"), ("x-tenant", "Acme")),
+            request_id="abc-1",
+        )
+        assert info.header("X-Tenant") == "Acme"
+        assert info.header("missing", "none") == "none"
+        assert (name, is_child, thread_id) == ("GET /orders", True, "abc-1")
+        # The application's own request-id header is not doubled.
+        assert exchange.headers == {"x-correlation-id": "abc-1", "x-request-id": "mine"}
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "supplied",
+        [b"", b"has space", b"\xe9t\xe9", b"x" * 129],
+        ids=["empty", "space", "latin", "long"],
+    )
+    async def test_an_unfit_request_id_is_replaced(self, supplied: bytes) -> None:
+        exchange = Exchange()
+        middleware = ActivityMiddleware(respond, echo_request_id=True)
+        await middleware(
+            http_scope("/", [(b"x-request-id", supplied)]), exchange.receive, exchange.send
+        )
+        await middleware.aclose()
+        assert exchange.status == 200
+
+    @pytest.mark.asyncio
+    async def test_a_500_is_answered_then_reraised(self) -> None:
+        exchange = Exchange()
+        middleware = ActivityMiddleware(raising(ActivityError("boom")))
+        with pytest.raises(ActivityError, match="boom"):
+            await middleware(http_scope("/x"), exchange.receive, exchange.send)
+        await middleware.aclose()
+        assert exchange.status == 500
+        problem = json.loads(exchange.body)
+        assert problem["hresult_name"] == "E_FAIL"
+        assert problem["detail"] == HResult.E_FAIL.message
+
+    @pytest.mark.asyncio
+    async def test_after_the_response_started_nothing_is_masked(self) -> None:
+        exchange = Exchange()
+        middleware = ActivityMiddleware(raising(AsyncWorkRejectedError("late"), after_start=True))
+        with pytest.raises(AsyncWorkRejectedError):
+            await middleware(http_scope(), exchange.receive, exchange.send)
+        await middleware.aclose()
+        assert [m["type"] for m in exchange.sent] == ["http.response.start"]
+
+    @pytest.mark.asyncio
+    async def test_problem_details_can_be_turned_off(self) -> None:
+        middleware = ActivityMiddleware(
+            raising(AsyncWorkRejectedError("full")), problem_details=False
+        )
+        exchange = Exchange()
+        with pytest.raises(AsyncWorkRejectedError):
+            await middleware(http_scope(), exchange.receive, exchange.send)
+        await middleware.aclose()
+        assert exchange.sent == []
+
+    @pytest.mark.asyncio
+    async def test_status_map_and_retry_after_are_configurable(self) -> None:
+        middleware = ActivityMiddleware(
+            raising(AsyncWorkRejectedError("full")),
+            status_map={HResult.CO_E_ASYNC_WORK_REJECTED: 429, 0x80040001: 409},
+            retry_after=30,
+        )
+        exchange = Exchange()
+        await middleware(http_scope(), exchange.receive, exchange.send)
+        await middleware.aclose()
+        assert exchange.status == 429
+        assert "retry-after" not in exchange.headers
+        assert http_status_of(ActivityError(hresult=0x80040001), {0x80040001: 409}) == 409
+        assert http_status_of(ActivityError(hresult=0x80040001)) == 500
+        problem = problem_details(AsyncWorkRejectedError(), request_id="r")
+        assert dict(problem.headers(30))["retry-after"] == "30"
+
+    @pytest.mark.asyncio
+    async def test_a_non_library_exception_passes_through(self) -> None:
+        middleware = ActivityMiddleware(raising(KeyError("nope")))
+        exchange = Exchange()
+        with pytest.raises(KeyError):
+            await middleware(http_scope(), exchange.receive, exchange.send)
+        await middleware.aclose()
+        assert exchange.sent == []
+
+    @pytest.mark.asyncio
+    async def test_unobserved_background_failure_fails_lifespan_shutdown(self) -> None:
+        async def broken() -> None:
+            raise ValueError("the receipt printer is out of paper")
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+            call = await run_in_background(broken)
+            await respond(scope, receive, send)
+            await call.wait()  # finished, not observed
+
+        middleware = ActivityMiddleware(app)
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        outbox: list[Message] = []
+        started = asyncio.Event()
+
+        async def lifespan_send(message: Message) -> None:
+            outbox.append(message)
+            started.set()
+
+        lifespan = asyncio.create_task(
+            middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, lifespan_send)
+        )
+        await inbox.put({"type": "lifespan.startup"})
+        exchange = Exchange()
+        async with asyncio.timeout(DEADLINE):
+            await started.wait()
+        await middleware(http_scope(), exchange.receive, exchange.send)
+        await inbox.put({"type": "lifespan.shutdown"})
+        async with asyncio.timeout(DEADLINE):
+            await lifespan
+        assert [m["type"] for m in outbox] == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.failed",
+        ]
+        assert "the receipt printer is out of paper" in outbox[1]["message"]
+
+    def test_without_lifespan_the_loop_end_closes_the_app_activity(self) -> None:
+        # asyncio.run cancels the tasks left at its end; the app activity opened on
+        # first use is closed then, and its unfinished work is reported cancelled.
+        started: list[Any] = []
+
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            started.append(await run_in_background(forever))
+            await respond(scope, receive, send)
+
+        middleware = ActivityMiddleware(app, app_options={"shutdown_timeout": 0})
+
+        async def main() -> Activity | None:
+            exchange = Exchange()
+            await middleware(http_scope(), exchange.receive, exchange.send)
+            return middleware.app_activity
+
+        app_activity = asyncio.run(main())
+        assert app_activity is not None
+        assert middleware.app_activity is None
+        assert [call.status for call in started] == [CallStatus.CANCELLED]
+        stats = app_activity.statistics()
+        assert (stats.accepted, stats.cancelled) == (1, 1)
+
+    @pytest.mark.asyncio
+    async def test_run_in_background_needs_an_app_activity(self) -> None:
+        async def work() -> None:
+            pass
+
+        coroutine = work()
+        with pytest.raises(LookupError, match="no app activity"):
+            await run_in_background(coroutine)
+        # Closed: no "never awaited" warning.
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+        assert current_request() is None
+        assert current_request_id() is None
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"retry_after": -1},
+            {"retry_after": 1.5},
+            {"status_map": {HResult.E_FAIL: 700}},
+            {"status_map": {"E_FAIL": 500}},
+            {"statistics_path": "stats"},
+            {"request_id_header": ""},
+            {"app_options": {"max_concurrency": 0}},
+            {"request_options": "fast"},
+        ],
+    )
+    def test_bad_options_are_refused(self, options: dict[str, Any]) -> None:
+        with pytest.raises(InvalidArgumentError):
+            ActivityMiddleware(respond, **options)
+
+    def test_defaults(self) -> None:
+        assert DEFAULT_STATUS_MAP == {
+            HResult.CO_E_ASYNC_WORK_REJECTED: 503,
+            HResult.RPC_E_DISCONNECTED: 503,
+            HResult.E_INVALIDARG: 400,
+            HResult.E_ACCESSDENIED: 403,
+            HResult.E_NOTIMPL: 501,
+            HResult.E_TIMEOUT: 504,
+        }
+        middleware = ActivityMiddleware(respond, app_options=ActivityConfig(max_pending=5))
+        assert middleware.app_activity is None
+        problem = problem_details(InvalidArgumentError("bad page"), instance="/p")
+        assert isinstance(problem, ProblemDetails)
+        assert json.loads(problem.body()) == {
+            "type": "about:blank",
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "bad page",
+            "instance": "/p",
+            "hresult": "0x80070057",
+            "hresult_name": "E_INVALIDARG",
+        }
