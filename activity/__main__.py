@@ -33,6 +33,7 @@ from . import (
     __version__,
     hresult_of,
 )
+from ._bench import add_bench_command as _add_bench_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -502,7 +503,10 @@ def _run_demo(options: argparse.Namespace) -> int:
 
 
 #: The subcommands, each added by its function.
-_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (_add_demo_command,)
+_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (
+    _add_demo_command,
+    _add_bench_command,
+)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ class Sizes:
     scaling_big: int = 1_000_000
     #: Repetitions of the memory rows (None: as many as the others); their figures
     #: are deterministic to a few bytes.
-    memory_repeat: int | None = None
+    memory_repeat: int | None = 3
     #: Whether the scaling scenario also runs the bare pattern at each size.
     scaling_reference: bool = True
 
@@ -901,7 +901,7 @@ def _scenario_groups(scenario: str, loop: Loop, sizes: Sizes) -> list[Group]:
                         "activity",
                         size,
                         _trio_activity_memory_queued if trio else _activity_memory_queued,
-                        cap(size),
+                        1 if size >= sizes.scaling_big else None,
                     )
                     for size in chosen
                     if size <= sizes.scaling_memory_max
