@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -122,12 +122,17 @@ async def _background(probe: Probe, expected: str) -> None:
         probe.background_done.set()
 
 
-async def tenant_endpoint(probe: Probe, tenant_name: str) -> str:
+HandOff = Callable[..., Awaitable[Call[Any]]]
+
+
+async def tenant_endpoint(
+    probe: Probe, tenant_name: str, hand_off: HandOff = run_in_background
+) -> str:
     """Set the tenant, look at it from a thread, hand work to the app; return the request id."""
     tenant.set(tenant_name)
     request = _check_family(probe)
     probe.sightings.append(await request.synchronous_call(_sight, tenant_name, "request thread"))
-    await run_in_background(_background, probe, tenant_name)
+    await hand_off(_background, probe, tenant_name)
     request_id = current_request_id()
     assert request_id is not None
     return request_id
