@@ -4,12 +4,15 @@
 gives it two kinds of activity:
 
 * the *app activity*, opened at lifespan startup and drained at lifespan
-  shutdown with its ``shutdown_timeout`` (a server that sends no lifespan gets
-  it opened on first use and closed when the event loop ends, or by
+  shutdown with its ``shutdown_timeout``, before the application's own
+  shutdown code runs (a server that sends no lifespan gets it opened on first
+  use and closed when the event loop ends, or by
   :meth:`ActivityMiddleware.aclose`). Work that must outlive the response goes
   there, in one line, with :func:`run_in_background`: it is bounded by the app
   activity's admission, sees the request's values, is not cancelled when the
-  client goes away, and is drained at shutdown;
+  client goes away, and is drained at shutdown. The application's startup code
+  runs in the app activity too, so work it starts (a periodic refresh) is
+  drained likewise;
 * a *request activity* for every HTTP request and WebSocket connection, a child
   of the app activity (``request_activity.parent is app_activity``), for work
   that belongs to the request and is awaited before the response.
@@ -41,6 +44,7 @@ untouched::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import http
 import inspect
@@ -57,7 +61,6 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, TypeVarTuple, Unpack, cast, final, overload
 
@@ -714,7 +717,7 @@ class _Web:
                     return self.request_id(value.decode("latin-1"))
         return uuid.uuid4().hex
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def request_activity(self, info: RequestInfo) -> AsyncGenerator[Activity]:
         """Enter a request activity, a child of the app activity, with the request's values."""
         app = await self.host.open(lazily=True)
@@ -844,14 +847,18 @@ class ActivityMiddleware:
         host = self._web.host
         received = False
         failure: Exception | None = None
+        token: contextvars.Token[Any] | None = None
 
         async def lifespan_receive() -> Message:
-            nonlocal received, failure
+            nonlocal received, failure, token
             message = await receive()
             received = True
             if message["type"] == "lifespan.startup":
-                await host.open()
+                token = _make_current(await host.open())
             elif message["type"] == "lifespan.shutdown":
+                if token is not None:
+                    _restore(token)
+                    token = None
                 # Drain before the application's own shutdown closes what the
                 # background work may still use (database pools, clients).
                 try:
@@ -877,8 +884,25 @@ class ActivityMiddleware:
             if not received:
                 await _own_lifespan(host, receive, send)
         finally:
+            if token is not None:
+                _restore(token)
             if host.activity is not None and received:
                 await host.close()
+
+
+def _make_current(app: Activity) -> contextvars.Token[Any]:
+    """Run the rest of the calling task in the app activity, as its ``async with`` body would.
+
+    For the application's lifespan: its startup code (a lifespan context, startup
+    hooks) can then reach the app activity and hand it work that outlives startup.
+    """
+    return _frame.set(app)
+
+
+def _restore(token: contextvars.Token[Any]) -> None:
+    # ValueError: the lifespan moved to another task, which never entered.
+    with contextlib.suppress(ValueError):
+        _frame.reset(token)
 
 
 def _describe(failure: BaseException) -> str:

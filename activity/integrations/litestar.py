@@ -94,6 +94,7 @@ class ActivityPlugin(InitPluginProtocol):
     * a lifespan context that opens the app activity at startup and drains it at
       shutdown (with its ``shutdown_timeout``), before ``on_shutdown`` hooks and
       the lifespan contexts registered before it close what background work uses;
+      ``on_startup`` hooks run in the app activity, so work they start is drained too;
     * a middleware that runs every HTTP request and WebSocket connection in a
       request activity with the request's values (:func:`current_request`);
     * the dependencies ``request_activity`` and ``app_activity``;
@@ -172,10 +173,13 @@ class ActivityPlugin(InitPluginProtocol):
 
     @asynccontextmanager
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None]:
-        await self._web.host.open()
+        # The startup hooks run after the lifespan contexts are entered: in the
+        # app activity, so that work they start is the app's.
+        token = asgi._make_current(await self._web.host.open())
         try:
             yield
         finally:
+            asgi._restore(token)
             await self._web.host.close()
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:

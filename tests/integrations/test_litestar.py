@@ -12,11 +12,12 @@ import pytest
 from litestar import Litestar, MediaType, Request, get
 from litestar.di import NamedDependency
 
-from activity import Activity
+from activity import Activity, CallStatus
 from activity.integrations.litestar import (
     ActivityPlugin,
     current_app_activity,
     current_request_activity,
+    run_in_background,
 )
 
 from .scenarios import (
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
     from activity.integrations.asgi import ASGIApp
 
 
-def litestar_app(probe: Probe, options: dict[str, Any]) -> tuple[Litestar, ActivityPlugin]:
+def litestar_app(
+    probe: Probe, options: dict[str, Any], *, startup_job: bool = False
+) -> tuple[Litestar, ActivityPlugin]:
     @get("/tenant", media_type=MediaType.TEXT)
     async def tenant(
         request: Request[Any, Any, Any],
@@ -63,8 +66,17 @@ def litestar_app(probe: Probe, options: dict[str, Any]) -> tuple[Litestar, Activ
     async def fail(request: Request[Any, Any, Any]) -> str:
         fail_endpoint(request.path_params["name"])
 
+    async def start_refreshing(app: Litestar) -> None:
+        # on_startup hooks run in the app activity: work they start is the app's.
+        app.state.startup_job = await run_in_background(probe.release.wait, name="refresh")
+
     plugin = ActivityPlugin(**options)
-    app = Litestar([tenant, hold, job, fail], plugins=[plugin], logging_config=None)
+    app = Litestar(
+        [tenant, hold, job, fail],
+        plugins=[plugin],
+        on_startup=[start_refreshing] if startup_job else [],
+        logging_config=None,
+    )
     return app, plugin
 
 
@@ -112,12 +124,17 @@ async def test_problem_details() -> None:
 
 @pytest.mark.asyncio
 async def test_the_plugin_opens_and_drains_with_the_lifespan() -> None:
-    app, plugin = litestar_app(Probe(), {"statistics_path": "/_activity/stats"})
+    probe = Probe()
+    app, plugin = litestar_app(probe, {"statistics_path": "/_activity/stats"}, startup_job=True)
     assert plugin.app_activity is None
-    async with serve_uvicorn(app) as url, httpx.AsyncClient(base_url=url) as client:
+    served = release_on_shutdown(cast("ASGIApp", app), probe.release)
+    async with serve_uvicorn(served) as url, httpx.AsyncClient(base_url=url) as client:
         opened = plugin.app_activity
         assert opened is not None
         document = (await client.get("/_activity/stats")).json()
         assert document["app"]["name"] == "app"
+        assert document["app"]["running"] == 1  # the job started at startup
+        assert app.state.startup_job.status is CallStatus.RUNNING
     assert plugin.app_activity is None
+    assert app.state.startup_job.status is CallStatus.COMPLETED
     assert opened.statistics().in_flight == 0

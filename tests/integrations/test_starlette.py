@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from activity import Call, CallStatus
 from activity.integrations.starlette import (
     ActivityMiddleware,
     app_activity,
@@ -19,6 +20,7 @@ from activity.integrations.starlette import (
     current_request,
     current_request_activity,
     request_activity,
+    run_in_background,
 )
 
 from .scenarios import (
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 
-def starlette_app(probe: Probe, options: dict[str, Any]) -> Starlette:
+def starlette_app(probe: Probe, options: dict[str, Any], *, startup_job: bool = False) -> Starlette:
     async def tenant(request: Request) -> PlainTextResponse:
         assert request_activity(request) is current_request_activity()
         assert app_activity(request) is current_app_activity()
@@ -64,7 +66,10 @@ def starlette_app(probe: Probe, options: dict[str, Any]) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncGenerator[None]:
-        yield  # an application that speaks the lifespan protocol itself
+        if startup_job:
+            # Startup code runs in the app activity: work it starts is the app's.
+            app.state.startup_job = await run_in_background(probe.release.wait, name="refresh")
+        yield
 
     return Starlette(
         routes=[
@@ -104,6 +109,22 @@ async def test_shutdown_loses_no_call() -> None:
 @pytest.mark.asyncio
 async def test_problem_details() -> None:
     await problem_scenario(serve, "starlette/uvicorn")
+
+
+@pytest.mark.asyncio
+async def test_startup_work_runs_in_the_app_activity_and_is_drained() -> None:
+    probe = Probe()
+    app = starlette_app(probe, {}, startup_job=True)
+    async with serve_uvicorn(release_on_shutdown(app, probe.release)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.get("/hold")
+        job: Call[Any] = app.state.startup_job
+        running = job.status
+        assert probe.app_activity is not None
+        assert probe.app_activity.statistics().accepted == 2  # the startup job, the held call
+        probe.hold.set()
+    assert (running, job.status) == (CallStatus.RUNNING, CallStatus.COMPLETED)
+    assert current_app_activity() is None  # the test's own task never entered it
 
 
 @pytest.mark.asyncio
