@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -10,6 +12,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from activity import Call, CallStatus
 from activity.integrations.aiohttp import (
     current_app_activity,
     current_request_activity,
@@ -20,6 +23,7 @@ from activity.integrations.aiohttp import (
 )
 
 from .scenarios import (
+    DEADLINE,
     Probe,
     fail_endpoint,
     hold_endpoint,
@@ -109,6 +113,44 @@ async def test_request_id_is_echoed_and_setup_is_once() -> None:
         assert response.headers["x-trace"] == "trace-7"
         assert response.json()["request_id"] == "trace-7"
         assert "x-request-id" not in response.headers
+
+
+@pytest.mark.asyncio
+async def test_background_work_outlives_a_client_that_goes_away() -> None:
+    # aiohttp's test server cancels a handler whose client disconnected.
+    entered, cancelled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls: list[Call[Any]] = []
+
+    async def wait_forever(request: web.Request) -> web.Response:
+        calls.append(await spawn(request, release.wait))
+        calls.append(await get_activity(request).asynchronous_call(asyncio.Event().wait))
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/wait", wait_forever)
+    setup(app)
+    async with serve_aiohttp(app) as url, httpx.AsyncClient(base_url=url) as client:
+        request = asyncio.create_task(client.get("/wait"))
+        async with asyncio.timeout(DEADLINE):
+            await entered.wait()
+        request.cancel()  # the client goes away
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        background, own = calls
+        async with asyncio.timeout(DEADLINE):
+            await cancelled.wait()
+            await own.wait()
+        # The request's own work went with it; the work handed to the app did not.
+        assert own.status is CallStatus.CANCELLED
+        assert background.status is CallStatus.RUNNING
+        release.set()
+        assert await background is True
 
 
 def test_without_setup_there_is_no_activity() -> None:
