@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, final
 
 from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from contextvars import Context
 
     from ._activity import Activity
-    from ._dispatch import Event
+    from ._dispatch import AsyncioDispatcher, Event
 
 __all__ = ["Call", "CallStatus"]
 
@@ -293,6 +293,10 @@ class Call(Generic[T_co]):
             self._callbacks = [callback]
         else:
             self._callbacks.append(callback)
+
+    def _future_done(self, future: Any) -> None:
+        dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)
+        dispatcher.future_done(self, future)
 
     def _mark_observed(self) -> None:
         if not self._observed:

@@ -272,7 +272,7 @@ class AsyncioDispatcher:
                 # Not the call's context: a cancelled future finishes while the
                 # abandoned thread may still be inside it, and a context can be
                 # entered only once at a time.
-                future.add_done_callback(self._done(call), context=context.copy())
+                future.add_done_callback(call._future_done, context=context.copy())
             else:
                 self._start_task(call, self._run_wrapped(call), context)
         elif plain:
@@ -298,7 +298,8 @@ class AsyncioDispatcher:
     ) -> None:
         task = self._loop.create_task(coro, context=context)
         call._future = task
-        task.add_done_callback(self._done(call), context=context)
+        # A bound method, not a closure: it lives as long as the task, and is smaller.
+        task.add_done_callback(call._future_done, context=context)
 
     async def _run_wrapped(self, call: Call[Any]) -> Any:
         """A call that enters a domain, or runs on an STA thread or on the loop thread."""
@@ -330,11 +331,9 @@ class AsyncioDispatcher:
                 raise
         return await self._loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
 
-    def _done(self, call: Call[Any]) -> Callable[[asyncio.Future[Any]], None]:
-        def done(future: asyncio.Future[Any]) -> None:
-            self._activity._finish(call, *self._outcome(call, future))
-
-        return done
+    def future_done(self, call: Call[Any], future: asyncio.Future[Any]) -> None:
+        """The done callback of a call's task or executor future (via ``Call``)."""
+        self._activity._finish(call, *self._outcome(call, future))
 
     @staticmethod
     def _outcome(call: Call[Any], future: asyncio.Future[Any]) -> Outcome:
