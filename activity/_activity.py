@@ -568,18 +568,13 @@ class Activity:
         try:
             self._check_open()
             kind, body, target = _classify(fn, args)
-            call_timeout = _check_timeout(timeout, self._timeout)
-            _check_name(name)
+            call_timeout = self._timeout if timeout is None else _check_timeout(timeout, None)
+            if name is not None:
+                _check_name(name)
         except BaseException:
             _refuse_coroutine(fn)
             raise
-        frame = _frame.get()
-        origin = self._origin_of(frame)
-        context = copy_context()
-        call = Call._create(
-            self, kind, body, args, target, name, call_timeout, context, False, origin
-        )
-        context.run(_frame.set, call)
+        call = self._new_call(kind, body, args, target, name, call_timeout, _frame.get(), False)
         admission = self._admission
         if admission.can_run_now():
             admission.accept_running(call)
@@ -641,33 +636,17 @@ class Activity:
         try:
             self._check_open()
             kind, body, target = _classify(fn, args)
-            call_timeout = _check_timeout(timeout, self._timeout)
+            call_timeout = self._timeout if timeout is None else _check_timeout(timeout, None)
         except BaseException:
             _refuse_coroutine(fn)
             raise
         frame = _frame.get()
-        context = copy_context()
-        call = Call._create(
-            self,
-            kind,
-            body,
-            args,
-            target,
-            None,
-            call_timeout,
-            context,
-            True,
-            self._origin_of(frame),
-        )
-        # The caller waits for this call, so the call continues the caller's chain.
-        causality = None if frame is None else frame._causality
-        if causality is not None:
-            call._causality = causality
+        call = self._new_call(kind, body, args, target, None, call_timeout, frame, True)
+        causality = call._causality
         domain = self._domain
         reentrant = (type(frame) is Call and frame._activity is self) or (
-            domain is not None and causality is not None and domain.owner is causality
+            domain is not None and domain.owner is causality
         )
-        context.run(_frame.set, call)
         admission = self._admission
         if reentrant or admission.can_run_now():
             admission.accept_running(call, hold_slot=not reentrant)
@@ -796,7 +775,8 @@ class Activity:
                 self._invoke_handler(callback, call)
         if tracking._listeners:
             tracking.emit(tracking.EventKind.CALL_FINISHED, self, call)
-        if freed:
+        admission = self._admission
+        if freed and (admission.pending or admission.waiters):
             self._pump()
         if self._idle_event is not None and self._is_idle():
             self._idle_event.set()
@@ -1140,6 +1120,31 @@ class Activity:
             raise ActivityClosedError(
                 f"the event loop of activity {self._name!r} has finished"
             ) from None
+
+    def _new_call(
+        self,
+        kind: Kind,
+        body: Any,
+        args: tuple[Any, ...],
+        target: Any,
+        name: str | None,
+        timeout: float | None,
+        frame: _Frame | None,
+        synchronous: bool,
+    ) -> Call[Any]:
+        """Make a call and the copy of the submitter's context it will run in."""
+        call = Call._create(
+            self, kind, body, args, target, name, timeout, None, synchronous, self._origin_of(frame)
+        )
+        if synchronous and frame is not None and frame._causality is not None:
+            # The caller waits for this call, so the call continues the caller's chain.
+            call._causality = frame._causality
+        # Set, copy, reset: the copy sees the call as its frame, the submitter does
+        # not, and it costs half of setting the variable through Context.run().
+        token = _frame.set(call)
+        call._context = copy_context()
+        _frame.reset(token)
+        return call
 
     def _origin_of(self, frame: _Frame | None) -> Activity | None:
         """Where a call submitted from ``frame`` looks for locals its activity lacks."""

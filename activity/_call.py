@@ -75,7 +75,6 @@ class Call(Generic[T_co]):
     """
 
     __slots__ = (
-        "__weakref__",
         "_activity",
         "_args",
         "_callbacks",
@@ -140,7 +139,7 @@ class Call(Generic[T_co]):
         error_target: Any,
         name: str | None,
         timeout: float | None,
-        context: Context,
+        context: Context | None,
         synchronous: bool,
         origin: Activity | None,
     ) -> Call[Any]:

@@ -34,14 +34,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import inspect
 import itertools
 import math
 import queue
 import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import anyio
 import anyio.from_thread
@@ -118,11 +117,19 @@ def drive_in_context(
             error = exc
 
 
+_CoroutineType: Final = types.CoroutineType
+
+
+def _is_coroutine(obj: object) -> TypeGuard[Coroutine[Any, Any, Any]]:
+    """``inspect.iscoroutine``, with the exact-type test (the common case) first."""
+    return type(obj) is _CoroutineType or isinstance(obj, _CoroutineType)
+
+
 def _outcome_of_result(call: Call[Any], result: Any) -> Outcome:
     """Completed, unless the body returned a failing ``HResult`` or a stray coroutine."""
     if type(result) is HResult and result >= 0x80000000:
         return FAILED, None, error_from_hresult(result)
-    if inspect.iscoroutine(result):
+    if _is_coroutine(result):
         result.close()
         return (
             FAILED,
@@ -284,7 +291,7 @@ class AsyncioDispatcher:
                 except BaseException as exc:
                     loop.call_soon(activity._finish, call, FAILED, None, exc)
                     return
-                if not inspect.iscoroutine(coro):
+                if not _is_coroutine(coro):
                     loop.call_soon(activity._finish, call, *_outcome_of_result(call, coro))
                     return
             self._start_task(call, coro, context)
@@ -312,7 +319,7 @@ class AsyncioDispatcher:
                 # runs in the context, the task must not need to enter it too.
                 return await self._blocking(call, contextvars.copy_context().run)
             coro = call._fn if call._kind is Kind.COROUTINE else call._fn(*call._args)
-            return await coro if inspect.iscoroutine(coro) else coro
+            return await coro if _is_coroutine(coro) else coro
         finally:
             if domain is not None:
                 domain.leave(call._causality)
@@ -366,7 +373,7 @@ class AsyncioDispatcher:
 
     async def run_inline(self, call: Call[Any]) -> Outcome:
         loop = self._loop
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
         context = call._context
         assert context is not None
@@ -386,9 +393,7 @@ class AsyncioDispatcher:
                         if call._kind is Kind.COROUTINE
                         else context.run(call._fn, *call._args)
                     )
-                    result = (
-                        await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
-                    )
+                    result = await drive_in_context(coro, context) if _is_coroutine(coro) else coro
             finally:
                 if domain is not None:
                     domain.leave(call._causality)
@@ -501,7 +506,7 @@ class AnyioDispatcher:
             if kind is Kind.BLOCKING:
                 return await self._blocking(call, contextvars.copy_context().run)
             coro = call._fn if kind is Kind.COROUTINE else call._fn(*call._args)
-            return await coro if inspect.iscoroutine(coro) else coro
+            return await coro if _is_coroutine(coro) else coro
 
         outcome = await self._run(call, body, ticket)
         self._activity._finish(call, *outcome)
@@ -595,7 +600,7 @@ class AnyioDispatcher:
             if kind is Kind.BLOCKING:
                 return await self._blocking(call, run)
             coro = call._fn if kind is Kind.COROUTINE else run(call._fn, *call._args)
-            return await drive_in_context(coro, context) if inspect.iscoroutine(coro) else coro
+            return await drive_in_context(coro, context) if _is_coroutine(coro) else coro
 
         return await self._run(call, body)
 
