@@ -581,7 +581,9 @@ class _AppHost:
         opening = self._opening = anyio.Event()
         try:
             act = Activity(self.config)
-            context = contextvars.copy_context()
+            # An empty context: the app activity is a root, and nothing of the task
+            # that happens to open it (the first request's, say) sticks to it.
+            context = contextvars.Context()
             await _drive(act.__aenter__(), context)
             context.run(_APP_ACTIVITY.set, act)
             self.activity, self._context = act, context

@@ -260,6 +260,7 @@ class TestAtTheASGILevel:
             app_activity = current_app_activity()
             assert request is not None
             assert app_activity is not None
+            assert app_activity.parent is None  # a root, whoever opened it
             seen.extend([info, request.name, request.parent is app_activity])
             seen.append(await request.synchronous_call(current_request_id))
             await respond(scope, receive, send)
