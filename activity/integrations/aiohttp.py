@@ -262,6 +262,8 @@ def _request_info(request: web.Request, request_id: str) -> RequestInfo:
 @web.middleware
 async def _activity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     plugin = request.config_dict[_WEB_KEY]
+    if request.path == plugin.statistics_path:
+        return await handler(request)  # looking at the requests is not one of them
     header = plugin.request_id_header
     request_id = plugin.request_id(None if header is None else request.headers.get(header))
     info = _request_info(request, request_id)

@@ -338,6 +338,7 @@ async def saturation_scenario(serve: Serve, label: str, requests: int = 30) -> N
     assert during["app"]["running"] == running
     assert during["app"]["pending"] == pending
     assert during["app"]["rejected"] == requests - running - pending
+    assert "GET /_activity/stats" not in [child["name"] for child in during["children"]]
     assert stats.accepted == stats.completed == running + pending
     assert stats.rejected == requests - running - pending
 
