@@ -79,7 +79,6 @@ from activity import (
     InvalidArgumentError,
 )
 from activity._context import _frame
-from activity.tracking import live_activities
 
 __all__ = [
     "DEFAULT_STATUS_MAP",
@@ -490,9 +489,7 @@ def app_statistics(app: Activity) -> AppStatistics:
 
     .. versionadded:: 0.1
     """
-    children = sorted(
-        (child for child in live_activities() if child.parent is app), key=lambda a: a.id
-    )
+    children = sorted(app.children, key=lambda child: child.id)
     return AppStatistics(app=app.statistics(), children=tuple(c.statistics() for c in children))
 
 
