@@ -449,12 +449,17 @@ class Activity:
             if self._apartment is not None:
                 await self._join_apartment()
             tracking._live.discard(self)
-            if self._token is not None:
-                try:
-                    _frame.reset(self._token)
-                except ValueError:  # exited in another context than it entered
-                    _frame.set(self._parent)
+            token = self._token
+            if token is not None:
                 self._token = None
+                try:
+                    _frame.reset(token)
+                except ValueError:
+                    # Left in another context than it was entered in: undo only what
+                    # is ours there, never another activity's frame.
+                    if _frame.get() is self:
+                        old = token.old_value
+                        _frame.set(None if old is Token.MISSING else old)
             if tracking._listeners:
                 tracking.emit(tracking.EventKind.ACTIVITY_CLOSED, self)
         # A tuple first: a thread reading a call's future may pop from the dict meanwhile.

@@ -59,6 +59,18 @@ EXPECTED = {
         "acme burst: 3 accepted, 2 rejected (2 running + 1 pending)",
         "globex still admits: 1 running of 2",
     ],
+    "web_app.py": [
+        "receipt order-1 for acme: 1 x book",
+        "receipt order-2 for globex: 1 x lamp",
+        "receipt order-3 for initech: 1 x stapler",
+        "shipped book for acme (order-1)",
+        "shipped lamp for globex (order-2)",
+        "shipped stapler for initech (order-3)",
+        "6 orders at once, no courier on duty: 4 accepted, 2 refused",
+        "refused with 503 CO_E_ASYNC_WORK_REJECTED, Retry-After: 1",
+        "shop: running=2 pending=2 rejected=2",
+        "shut down with jobs waiting: accepted=7 completed=3 cancelled=4 failed=0, none lost",
+    ],
 }
 
 

@@ -35,8 +35,10 @@ except ImportError:
         "activity.integrations.aiohttp needs aiohttp: pip install 'activity[aiohttp]'"
     ) from None
 
-from activity import Activity, ActivityConfig, ActivityError, Call
-
+from .._activity import Activity
+from .._call import Call
+from .._config import ActivityConfig
+from .._errors import ActivityError
 from . import asgi
 from .asgi import (
     DEFAULT_STATUS_MAP,

@@ -56,29 +56,25 @@ from collections.abc import (
     AsyncGenerator,
     Awaitable,
     Callable,
-    Coroutine,
-    Generator,
     Mapping,
     MutableMapping,
 )
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, TypeVarTuple, Unpack, cast, final, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, TypeVarTuple, Unpack, cast, final, overload
 
 import anyio
 from pydantic import BaseModel, ConfigDict
 
-from activity import (
-    Activity,
-    ActivityClosedError,
-    ActivityConfig,
-    ActivityError,
-    ActivityLocal,
-    ActivityStatistics,
-    Call,
-    HResult,
-    InvalidArgumentError,
-)
-from activity._context import _frame
+from .._activity import Activity
+from .._config import ActivityConfig
+from .._context import ActivityLocal, _frame
+from .._dispatch import drive_in_context
+from .._errors import ActivityClosedError, ActivityError, InvalidArgumentError
+from .._hresult import HResult
+from ..tracking import ActivityStatistics
+
+if TYPE_CHECKING:
+    from .._call import Call
 
 __all__ = [
     "DEFAULT_STATUS_MAP",
@@ -496,31 +492,6 @@ def app_statistics(app: Activity) -> AppStatistics:
 # -- hosting the app activity ----------------------------------------------------------------
 
 
-@types.coroutine
-def _drive(coro: Coroutine[Any, Any, T], context: contextvars.Context) -> Generator[Any, Any, T]:
-    """Await ``coro`` in the current task, but with every step run inside ``context``.
-
-    This is how the app activity is entered and left in a context of its own: the
-    task that opens it (the lifespan task, or the first request's) does not end up
-    *inside* the app activity, and the one that closes it need not be the same task.
-    """
-    send, throw, run = coro.send, coro.throw, context.run
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            yielded = run(send, value) if error is None else run(throw, error)
-        except StopIteration as stop:
-            return cast("T", stop.value)
-        try:
-            value, error = (yield yielded), None
-        except GeneratorExit:
-            run(coro.close)
-            raise
-        except BaseException as exc:
-            value, error = None, exc
-
-
 def _config_of(
     options: ActivityConfig | Mapping[str, Any] | None, default_name: str | None, field: str
 ) -> ActivityConfig:
@@ -581,7 +552,7 @@ class _AppHost:
             # An empty context: the app activity is a root, and nothing of the task
             # that happens to open it (the first request's, say) sticks to it.
             context = contextvars.Context()
-            await _drive(act.__aenter__(), context)
+            await drive_in_context(act.__aenter__(), context)
             context.run(_APP_ACTIVITY.set, act)
             self.activity, self._context = act, context
             if lazily:
@@ -606,7 +577,7 @@ class _AppHost:
             return
         closing = self._closing = anyio.Event()
         try:
-            await _drive(act.__aexit__(None, None, None), context)
+            await drive_in_context(act.__aexit__(None, None, None), context)
         finally:
             self.activity = self._context = None
             self._closing = None

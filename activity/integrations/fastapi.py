@@ -35,8 +35,7 @@ except ImportError:
         "activity.integrations.fastapi needs FastAPI: pip install 'activity[fastapi]'"
     ) from None
 
-from activity import Activity
-
+from .._activity import Activity
 from .asgi import (
     DEFAULT_STATUS_MAP,
     ActivityMiddleware,

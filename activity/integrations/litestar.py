@@ -44,8 +44,9 @@ except ImportError:
         "activity.integrations.litestar needs Litestar: pip install 'activity[litestar]'"
     ) from None
 
-from activity import Activity, ActivityConfig, ActivityError
-
+from .._activity import Activity
+from .._config import ActivityConfig
+from .._errors import ActivityError
 from . import asgi
 from .asgi import (
     DEFAULT_STATUS_MAP,

@@ -42,8 +42,7 @@ except ImportError:
         "activity.integrations.starlette needs Starlette: pip install 'activity[starlette]'"
     ) from None
 
-from activity import Activity
-
+from .._activity import Activity
 from .asgi import (
     DEFAULT_STATUS_MAP,
     ActivityMiddleware,
