@@ -7,8 +7,12 @@ when it is entered:
 is one native task created with the call's context, finished by a done
 callback: there is no wrapper coroutine and no anyio task group, whose
 per-task cancel scope costs several times a native task. A blocking call is
-one ``run_in_executor`` future on the activity's own thread pool (its thread
-limiter), again finished by a done callback, without a task. Calls that need
+one future on a thread pool lent to the activity alone, whose size is the
+activity's ``thread_limit`` (never asyncio's default executor), again finished
+by a done callback, without a task. Pools are lent, not made: an activity
+that closes hands its idle pool back for the next one with the same limit, so
+a server that opens an activity per request does not start threads per
+request. Calls that need
 more (a synchronization domain to enter, an STA thread, the loop thread after
 ``bind_to_current_thread()``) run in one wrapper task each.
 
@@ -227,17 +231,76 @@ class Apartment:
         return [sta.thread for sta in threads]
 
 
+class Workers:
+    """A thread pool lent to one activity at a time; its size is the activity's thread limit."""
+
+    __slots__ = ("_busy", "_lock", "executor", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.executor = ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix=f"activity-worker-{next(_pool_numbers)}"
+        )
+        self._lock = threading.Lock()
+        #: Work items submitted and not finished (abandoned ones included).
+        self._busy = 0
+
+    def submit(
+        self, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
+    ) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            self._busy += 1
+        future = self.executor.submit(run, fn, *args)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:  # runs in the worker thread
+            self._busy -= 1
+
+    @property
+    def idle(self) -> bool:
+        """Whether no thread of the pool runs anything (no abandoned call holds one)."""
+        return self._busy == 0
+
+
+_pool_numbers = itertools.count(1)
+_idle_pools: dict[int, list[Workers]] = {}
+_idle_pools_lock = threading.Lock()
+#: Idle pools kept per thread limit; more are shut down.
+_MAX_IDLE_POOLS = 8
+
+
+def borrow_workers(limit: int) -> Workers:
+    """Lend a pool of ``limit`` threads: an idle one if there is one, else a new one."""
+    with _idle_pools_lock:
+        idle = _idle_pools.get(limit)
+        if idle:
+            return idle.pop()
+    return Workers(limit)
+
+
+def return_workers(workers: Workers) -> None:
+    """Take a pool back: keep it for the next activity if it is idle, else shut it down."""
+    with _idle_pools_lock:
+        idle = _idle_pools.setdefault(workers.limit, [])
+        if workers.idle and len(idle) < _MAX_IDLE_POOLS:
+            idle.append(workers)
+            return
+    # Threads abandoned by a cancelled call cannot be stopped; do not wait for them.
+    workers.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class AsyncioDispatcher:
-    """Native asyncio tasks and an activity-owned thread pool (see the module doc)."""
+    """Native asyncio tasks and a lent thread pool (see the module doc)."""
 
     __slots__ = (
         "_activity",
         "_apartment",
-        "_executor",
         "_loop",
         "_system_tasks",
         "_thread_limit",
-        "_thread_name",
+        "_workers",
     )
 
     def __init__(
@@ -247,17 +310,14 @@ class AsyncioDispatcher:
         self._loop = loop
         self._apartment = apartment
         self._thread_limit = activity.config.thread_limit
-        self._thread_name = f"activity-{activity.name}"
-        self._executor: ThreadPoolExecutor | None = None
+        self._workers: Workers | None = None
         self._system_tasks: set[asyncio.Task[None]] = set()
 
-    def _get_executor(self) -> ThreadPoolExecutor:
-        executor = self._executor
-        if executor is None:
-            executor = self._executor = ThreadPoolExecutor(
-                max_workers=self._thread_limit, thread_name_prefix=self._thread_name
-            )
-        return executor
+    def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> asyncio.Future[Any]:
+        workers = self._workers
+        if workers is None:
+            workers = self._workers = borrow_workers(self._thread_limit)
+        return asyncio.wrap_future(workers.submit(run, call._fn, call._args), loop=self._loop)
 
     def new_event(self) -> Event:
         return asyncio.Event()
@@ -274,7 +334,7 @@ class AsyncioDispatcher:
         if call._kind is Kind.BLOCKING:
             if plain and self._apartment is None and not activity._bound_to_loop:
                 run: Callable[..., Any] = context.run
-                future = loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
+                future = self._in_thread(run, call)
                 call._future = future
                 # Not the call's context: a cancelled future finishes while the
                 # abandoned thread may still be inside it, and a context can be
@@ -336,7 +396,7 @@ class AsyncioDispatcher:
                 if not future.cancelled():
                     apartment.abandon()
                 raise
-        return await self._loop.run_in_executor(self._get_executor(), run, call._fn, *call._args)
+        return await self._in_thread(run, call)
 
     def future_done(self, call: Call[Any], future: asyncio.Future[Any]) -> None:
         """The done callback of a call's task or executor future (via ``Call``)."""
@@ -445,11 +505,10 @@ class AsyncioDispatcher:
             raise cancelled
 
     async def aclose(self) -> None:
-        executor = self._executor
-        if executor is not None:
-            self._executor = None
-            # Threads abandoned by a cancelled call cannot be stopped; do not wait for them.
-            executor.shutdown(wait=False, cancel_futures=True)
+        workers = self._workers
+        if workers is not None:
+            self._workers = None
+            return_workers(workers)
 
 
 class _NoTicket:

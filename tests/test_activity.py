@@ -741,6 +741,35 @@ class TestThreads:
         assert count["peak"] == 2
 
 
+class TestThreadReuse:
+    # On trio, worker threads are trio's own thread cache's to reuse.
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],
+        ids=["asyncio", "uvloop"],
+    )
+    async def test_a_closed_activity_hands_its_threads_to_the_next(self) -> None:
+        idents: list[int] = []
+        for name in ("request-1", "request-2"):
+            async with Activity(name=name, thread_limit=3) as act:
+                idents.append(await act.synchronous_call(threading.get_ident))
+        assert idents[0] == idents[1]  # no new thread per activity
+
+    async def test_a_pool_held_by_an_abandoned_call_is_not_lent_again(self) -> None:
+        release = threading.Event()
+        async with Activity(thread_limit=1) as first:
+            stuck = await first.asynchronous_call(release.wait, 10)
+            await anyio.lowlevel.checkpoint()
+            stuck.cancel()
+        assert stuck.status is CallStatus.CANCELLED
+        try:
+            async with Activity(thread_limit=1) as second:
+                # With the first pool lent again, this would queue behind the stuck thread.
+                assert await second.synchronous_call(lambda: "free thread") == "free thread"
+        finally:
+            release.set()
+
+
 async def test_storm_of_mixed_calls_adds_up() -> None:
     """10,000 mixed calls: every accepted one ends as its kind says, and the counters add up."""
     rng = random.Random(1234)
