@@ -110,11 +110,11 @@ QUICK: Final = Sizes(
     sync_call=3_000,
     blocking_concurrent=800,
     blocking_serial=300,
-    memory=3_000,
+    memory=2_000,
     scaling=(1_000, 10_000, 100_000),
     scaling_trio_max=10_000,
     scaling_memory_max=10_000,
-    scaling_big_repeat=2,
+    scaling_big_repeat=1,
     scaling_big=100_000,
     memory_repeat=1,
     scaling_reference=False,
@@ -1336,9 +1336,10 @@ def run(options: argparse.Namespace) -> int:
     notes: list[str] = []
     if quick:
         notes.append(
-            f"--quick: smaller sizes, {repeat} repetitions (1 for memory), scaling up to "
-            f"{_power(max(sizes.scaling))} calls (no 10^6 point; memory up to "
-            f"{_power(sizes.scaling_memory_max)}, trio up to {_power(sizes.scaling_trio_max)})"
+            f"--quick: smaller sizes, {repeat} repetitions (1 for memory and for "
+            f"{_power(sizes.scaling_big)} calls), scaling up to {_power(max(sizes.scaling))} "
+            f"calls (no 10^6 point; memory up to {_power(sizes.scaling_memory_max)}, trio up "
+            f"to {_power(sizes.scaling_trio_max)})"
         )
     if options.scale != 1.0:
         notes.append(f"--scale {options.scale:g}: every call count multiplied by {options.scale:g}")
