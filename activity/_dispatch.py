@@ -51,7 +51,16 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._call import CANCELLED, COMPLETED, FAILED, RUNNING, Call, CallStatus, Kind
+from ._call import (
+    BLOCKING,
+    CANCELLED,
+    COMPLETED,
+    COROUTINE,
+    FAILED,
+    RUNNING,
+    Call,
+    CallStatus,
+)
 from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from ._hresult import HResult
 
@@ -331,7 +340,7 @@ class AsyncioDispatcher:
         assert context is not None
         activity = self._activity
         plain = activity._domain is None
-        if call._kind is Kind.BLOCKING:
+        if call._kind is BLOCKING:
             if plain and self._apartment is None and not activity._bound_to_loop:
                 run: Callable[..., Any] = context.run
                 future = self._in_thread(run, call)
@@ -343,7 +352,7 @@ class AsyncioDispatcher:
             else:
                 self._start_task(call, self._run_wrapped(call), context)
         elif plain:
-            if call._kind is Kind.COROUTINE:
+            if call._kind is COROUTINE:
                 coro = call._fn
             else:
                 try:
@@ -374,11 +383,11 @@ class AsyncioDispatcher:
         if domain is not None:
             await domain.enter(call._causality)
         try:
-            if call._kind is Kind.BLOCKING:
+            if call._kind is BLOCKING:
                 # A copy: if this task is cancelled while an abandoned thread still
                 # runs in the context, the task must not need to enter it too.
                 return await self._blocking(call, contextvars.copy_context().run)
-            coro = call._fn if call._kind is Kind.COROUTINE else call._fn(*call._args)
+            coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
             return await coro if _is_coroutine(coro) else coro
         finally:
             if domain is not None:
@@ -445,13 +454,11 @@ class AsyncioDispatcher:
             if domain is not None:
                 await domain.enter(call._causality)
             try:
-                if call._kind is Kind.BLOCKING:
+                if call._kind is BLOCKING:
                     result = await self._blocking(call, context.run)
                 else:
                     coro = (
-                        call._fn
-                        if call._kind is Kind.COROUTINE
-                        else context.run(call._fn, *call._args)
+                        call._fn if call._kind is COROUTINE else context.run(call._fn, *call._args)
                     )
                     result = await drive_in_context(coro, context) if _is_coroutine(coro) else coro
             finally:
@@ -562,9 +569,9 @@ class AnyioDispatcher:
         kind = call._kind
 
         async def body() -> Any:
-            if kind is Kind.BLOCKING:
+            if kind is BLOCKING:
                 return await self._blocking(call, contextvars.copy_context().run)
-            coro = call._fn if kind is Kind.COROUTINE else call._fn(*call._args)
+            coro = call._fn if kind is COROUTINE else call._fn(*call._args)
             return await coro if _is_coroutine(coro) else coro
 
         outcome = await self._run(call, body, ticket)
@@ -656,9 +663,9 @@ class AnyioDispatcher:
         run: Callable[..., Any] = context.run
 
         async def body() -> Any:
-            if kind is Kind.BLOCKING:
+            if kind is BLOCKING:
                 return await self._blocking(call, run)
-            coro = call._fn if kind is Kind.COROUTINE else run(call._fn, *call._args)
+            coro = call._fn if kind is COROUTINE else run(call._fn, *call._args)
             return await drive_in_context(coro, context) if _is_coroutine(coro) else coro
 
         return await self._run(call, body)
