@@ -749,11 +749,16 @@ class TestThreadReuse:
         ids=["asyncio", "uvloop"],
     )
     async def test_a_closed_activity_hands_its_threads_to_the_next(self) -> None:
-        idents: list[int] = []
+        def pool_name() -> str:
+            # ThreadPoolExecutor names its threads "<pool prefix>_<n>".
+            return threading.current_thread().name.rpartition("_")[0]
+
+        pools: list[str] = []
         for name in ("request-1", "request-2"):
             async with Activity(name=name, thread_limit=3) as act:
-                idents.append(await act.synchronous_call(threading.get_ident))
-        assert idents[0] == idents[1]  # no new thread per activity
+                pools.append(await act.synchronous_call(pool_name))
+        assert pools[0].startswith("activity-worker-")
+        assert pools[0] == pools[1]  # the same threads, no new ones per activity
 
     async def test_a_pool_held_by_an_abandoned_call_is_not_lent_again(self) -> None:
         release = threading.Event()
