@@ -1011,12 +1011,7 @@ def request_activity_of_scope(scope: Mapping[str, Any]) -> Activity:
 
     :raises LookupError: if the connection is not handled by the middleware
     """
-    try:
-        return cast("Activity", scope[_SCOPE_REQUEST_ACTIVITY])
-    except KeyError:
-        raise LookupError(
-            "this connection has no request activity: is ActivityMiddleware installed?"
-        ) from None
+    return _activity_in_scope(scope, _SCOPE_REQUEST_ACTIVITY, "request")
 
 
 def app_activity_of_scope(scope: Mapping[str, Any]) -> Activity:
@@ -1024,9 +1019,13 @@ def app_activity_of_scope(scope: Mapping[str, Any]) -> Activity:
 
     :raises LookupError: if the connection is not handled by the middleware
     """
+    return _activity_in_scope(scope, _SCOPE_APP_ACTIVITY, "app")
+
+
+def _activity_in_scope(scope: Mapping[str, Any], key: str, which: str) -> Activity:
     try:
-        return cast("Activity", scope[_SCOPE_APP_ACTIVITY])
+        return cast("Activity", scope[key])
     except KeyError:
         raise LookupError(
-            "this connection has no app activity: is ActivityMiddleware installed?"
+            f"this connection has no {which} activity: is ActivityMiddleware installed?"
         ) from None
