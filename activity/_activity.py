@@ -815,9 +815,7 @@ class Activity:
         admission = self._admission
         if freed and (admission.pending or admission.waiters):
             self._pump()
-        if self._idle_event is not None and self._is_idle():
-            self._idle_event.set()
-            self._idle_event = None
+        self._signal_if_idle()
 
     def _on_failure(self, call: Call[Any], exc: BaseException) -> None:
         """Route a failure: on_error, error_handler; else keep it for the exit."""
@@ -856,9 +854,7 @@ class Activity:
             self._handler_failed(error)
         finally:
             self._handlers_in_flight -= 1
-            if self._idle_event is not None and self._is_idle():
-                self._idle_event.set()
-                self._idle_event = None
+            self._signal_if_idle()
 
     def _handler_failed(self, error: BaseException) -> None:
         # COM+ fails fast when OnError fails: the error is never swallowed, and the
@@ -908,18 +904,27 @@ class Activity:
         c = self._counters
         return c.pending == 0 and c.running == 0 and self._handlers_in_flight == 0
 
-    async def _wait_idle_shielded(self) -> None:
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
-        event = self._idle_event = self._idle_event or dispatcher.new_event()
-        await dispatcher.wait_event_shielded(event)
+    def _signal_if_idle(self) -> None:
+        event = self._idle_event
+        if event is not None and self._is_idle():
+            event.set()
+            self._idle_event = None
 
-    async def _wait_idle_for(self, timeout: float | None) -> bool:
+    def _idle_waiter(self) -> tuple[Dispatcher, Event]:
+        """The dispatcher and the event set when the activity next becomes idle."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
         event = self._idle_event
         if event is None:
             event = self._idle_event = dispatcher.new_event()
+        return dispatcher, event
+
+    async def _wait_idle_shielded(self) -> None:
+        dispatcher, event = self._idle_waiter()
+        await dispatcher.wait_event_shielded(event)
+
+    async def _wait_idle_for(self, timeout: float | None) -> bool:
+        dispatcher, event = self._idle_waiter()
         return await dispatcher.wait_event(event, timeout)
 
     async def _wait_call(self, call: Call[Any]) -> None:

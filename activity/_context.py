@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._activity import Activity
     from ._dispatch import Event
 
-__all__ = ["ActivityLocal", "SynchronizationDomain", "current_activity", "current_causality"]
+__all__ = ["ActivityLocal", "SynchronizationDomain", "current_activity"]
 
 T = TypeVar("T")
 
@@ -48,18 +48,6 @@ def current_activity() -> Activity | None:
     """
     frame = _frame.get()
     return None if frame is None else frame._activity
-
-
-def current_causality() -> object | None:
-    """The logical thread (COM+ causality) of the running code, if it is in a call.
-
-    A call made with ``asynchronous_call`` starts a causality of its own; a
-    ``synchronous_call`` made from inside a call continues its caller's, since
-    the caller waits for it: that is what lets a chain re-enter a
-    synchronization domain it already holds.
-    """
-    frame = _frame.get()
-    return None if frame is None else frame._causality
 
 
 class SynchronizationDomain:
