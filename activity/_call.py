@@ -149,6 +149,9 @@ class Call(Generic[T_co]):
         context: Context | None,
         synchronous: bool,
         origin: Activity | None,
+        status: CallStatus = PENDING,
+        holds_slot: bool = False,
+        observed: bool = False,
     ) -> Call[Any]:
         self = object.__new__(cls)
         self._activity = activity
@@ -164,14 +167,14 @@ class Call(Generic[T_co]):
         self._context = context
         self._synchronous = synchronous
         self._id = next(_ids)
-        self._status = PENDING
+        self._status = status
         self._result = None
         self._exception = None
-        self._observed = False
+        self._observed = observed
         self._event = None
         self._future = None
         self._timer = None
-        self._holds_slot = False
+        self._holds_slot = holds_slot
         self._cancel_requested = False
         self._cancel_reason = None
         self._timed_out = False

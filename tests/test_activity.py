@@ -10,6 +10,7 @@ import gc
 import inspect
 import random
 import threading
+import weakref
 from typing import Any
 
 import anyio
@@ -250,6 +251,144 @@ class TestAdmission:
             assert results == ["second"]
             assert await running == "first"
             assert act.statistics().rejected == 0
+
+
+class TestSynchronousCallLifecycle:
+    """A synchronous call of a coroutine function, from start to end, as the caller sees it."""
+
+    async def test_counted_while_it_runs(self) -> None:
+        async with Activity() as act:
+
+            async def look() -> tuple[int, int]:
+                await anyio.lowlevel.checkpoint()
+                stats = act.statistics()
+                assert_balanced(stats)
+                return stats.accepted, stats.running
+
+            assert await act.synchronous_call(look) == (1, 1)
+            stats = act.statistics()
+            assert (stats.accepted, stats.running, stats.completed) == (1, 0, 1)
+
+    async def test_cancelled_by_the_activity(self) -> None:
+        started = anyio.Event()
+        outcome: list[BaseException] = []
+
+        async def caller(act: Activity) -> None:
+            async def park() -> None:
+                started.set()
+                await anyio.sleep_forever()
+
+            try:
+                await act.synchronous_call(park)
+            except CallCancelledError as exc:
+                outcome.append(exc)
+            # The caller's own task was not left cancelled: it goes on.
+            await anyio.lowlevel.checkpoint()
+            outcome.append(KeyboardInterrupt())  # a marker, never raised
+
+        async with Activity() as act, anyio.create_task_group() as tg:
+            tg.start_soon(caller, act)
+            await started.wait()
+            act.cancel("stop")
+        assert [type(exc) for exc in outcome] == [CallCancelledError, KeyboardInterrupt]
+        assert "stop" in str(outcome[0])
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.cancelled) == (1, 1)
+
+    async def test_the_callers_cancellation_propagates(self) -> None:
+        started = anyio.Event()
+        async with Activity() as act:
+
+            async def park() -> None:
+                started.set()
+                await anyio.sleep_forever()
+
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(functools.partial(act.synchronous_call, park))
+                    await started.wait()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            stats = act.statistics()
+            assert_balanced(stats)
+            assert (stats.accepted, stats.cancelled, stats.failed) == (1, 1, 0)
+            # The activity is still open for business.
+            assert await act.synchronous_call(echo, "after") == "after"
+
+    async def test_idle_waiters_are_told(self) -> None:
+        gate = Gate()
+        async with Activity() as act:
+            idle: list[int] = []
+
+            async def wait_idle() -> None:
+                await act.wait_idle()
+                idle.append(act.statistics().completed)
+
+            async def through_the_gate() -> None:
+                await act.synchronous_call(gate.wait)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(through_the_gate)
+                await anyio.lowlevel.checkpoint()
+                tg.start_soon(wait_idle)
+                await anyio.lowlevel.checkpoint()
+                assert idle == []
+                gate.open()
+            assert idle == [1]
+
+    async def test_context_changes_stay_in_the_call(self) -> None:
+        import contextvars
+
+        var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+        var.set("caller")
+        async with Activity() as act:
+
+            async def change() -> tuple[str, Activity | None]:
+                seen = var.get()
+                var.set("call")
+                await anyio.lowlevel.checkpoint()
+                return seen, current_activity()
+
+            assert await act.synchronous_call(change) == ("caller", act)
+            assert var.get() == "caller"
+
+    async def test_nothing_is_kept_after_the_call(self) -> None:
+        # Without the garbage collector, the call and its context must go as soon as
+        # the result is returned: no reference cycle between the call and its context.
+        async def work(payload: object) -> int:
+            await anyio.lowlevel.checkpoint()
+            return 1
+
+        payload = Gate()
+        fn_ref = weakref.ref(work)
+        payload_ref = weakref.ref(payload)
+        async with Activity() as act:
+            gc.disable()
+            try:
+                assert await act.synchronous_call(work, payload) == 1
+                del work, payload
+                assert fn_ref() is None
+                assert payload_ref() is None
+            finally:
+                gc.enable()
+
+    async def test_an_asynchronous_call_is_freed_once_dropped(self) -> None:
+        async def work() -> int:
+            await anyio.lowlevel.checkpoint()
+            return 1
+
+        fn_ref = weakref.ref(work)
+        async with Activity() as act:
+            gc.disable()
+            try:
+                call = await act.asynchronous_call(work)
+                assert await call == 1
+                del work, call
+                await anyio.lowlevel.checkpoint()  # the task's last callbacks run
+                assert fn_ref() is None
+            finally:
+                gc.enable()
 
 
 class TestCalls:
