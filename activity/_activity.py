@@ -55,11 +55,11 @@ from ._config import (
 )
 from ._context import SynchronizationDomain, _Frame, _frame, current_activity
 from ._dispatch import (
-    AnyioDispatcher,
     Apartment,
     AsyncioDispatcher,
     Dispatcher,
     Event,
+    TrioDispatcher,
     _outcome_of_result,
     drive_in_context,
 )
@@ -418,7 +418,7 @@ class Activity:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            dispatcher = AnyioDispatcher(self, self._apartment)
+            dispatcher = TrioDispatcher(self, self._apartment)
             await dispatcher.open()
             self._dispatcher = dispatcher
         else:

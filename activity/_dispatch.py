@@ -16,9 +16,12 @@ request. Calls that need
 more (a synchronization domain to enter, an STA thread, the loop thread after
 ``bind_to_current_thread()``) run in one wrapper task each.
 
-``AnyioDispatcher`` (trio, or any backend anyio supports) runs each call in
-its own task of an anyio task group, inside a cancel scope, and blocking calls
-through ``anyio.to_thread.run_sync`` with the activity's ``CapacityLimiter``.
+``TrioDispatcher`` (trio, the other loop anyio runs on) starts each call as
+a task of a trio nursery whose only frame, besides the body's, is the one
+that runs the body inside a trio cancel scope and then finishes the call.
+There is no anyio task group and no anyio cancel scope: each wraps trio's
+own and about doubles what a call in flight costs. Blocking calls go through
+``anyio.to_thread.run_sync`` with the activity's ``CapacityLimiter``.
 
 Both run a ``synchronous_call`` *inline*, in the caller's own task: the body's
 coroutine is driven step by step inside the call's context by
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import itertools
 import math
 import queue
@@ -69,7 +73,7 @@ if TYPE_CHECKING:
 
     from ._activity import Activity
 
-__all__ = ["AnyioDispatcher", "Apartment", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome"]
+__all__ = ["Apartment", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome", "TrioDispatcher"]
 
 #: (status, result, exception) of a finished call.
 Outcome = tuple[CallStatus, Any, BaseException | None]
@@ -527,21 +531,42 @@ class _NoTicket:
 _NO_TICKET = _NoTicket()
 
 
-class AnyioDispatcher:
-    """Tasks of an anyio task group, each in its own cancel scope (see the module doc)."""
+class TrioDispatcher:
+    """Tasks of a trio nursery, each in its own trio cancel scope (see the module doc)."""
 
-    __slots__ = ("_activity", "_apartment", "_cancelled_exc", "_limiter", "_tg", "_token")
+    __slots__ = (
+        "_activity",
+        "_apartment",
+        "_cancel_scope",
+        "_cancelled_exc",
+        "_current_time",
+        "_limiter",
+        "_nursery",
+        "_nursery_manager",
+        "_start_soon",
+        "_task_name",
+        "_token",
+    )
 
     def __init__(self, activity: Activity, apartment: Apartment | None) -> None:
+        import trio  # only ever imported on a trio loop
+
         self._activity = activity
         self._apartment = apartment
         self._limiter = anyio.CapacityLimiter(activity.config.thread_limit)
-        self._tg = anyio.create_task_group()
-        self._cancelled_exc: type[BaseException] = anyio.get_cancelled_exc_class()
+        self._nursery_manager = trio.open_nursery()
+        self._nursery: trio.Nursery | None = None
+        self._cancel_scope = trio.CancelScope
+        self._current_time = trio.current_time
+        self._cancelled_exc: type[BaseException] = trio.Cancelled
         self._token = anyio.lowlevel.current_token()
+        self._task_name = f"activity {activity.name!r} call"
+        self._start_soon: Callable[..., None] | None = None
 
     async def open(self) -> None:
-        await self._tg.__aenter__()
+        nursery = self._nursery = await self._nursery_manager.__aenter__()
+        # One name for every call task: trio would otherwise format one per task.
+        self._start_soon = functools.partial(nursery.start_soon, name=self._task_name)
 
     def new_event(self) -> Event:
         return anyio.Event()
@@ -557,25 +582,9 @@ class AnyioDispatcher:
         domain = self._activity._domain
         ticket = None if domain is None else domain.reserve(call._causality)
         # The new task runs in a copy of the context current at start_soon.
-        context.run(self._tg.start_soon, self._run_task, call, ticket)
-
-    async def _run_task(self, call: Call[Any], ticket: Event | None) -> None:
-        domain = self._activity._domain
-        if call._cancel_requested:
-            if domain is not None:
-                domain.abandon(call._causality, ticket)
-            self._activity._finish(call, CANCELLED, None, None)
-            return
-        kind = call._kind
-
-        async def body() -> Any:
-            if kind is BLOCKING:
-                return await self._blocking(call, contextvars.copy_context().run)
-            coro = call._fn if kind is COROUTINE else call._fn(*call._args)
-            return await coro if _is_coroutine(coro) else coro
-
-        outcome = await self._run(call, body, ticket)
-        self._activity._finish(call, *outcome)
+        start_soon = self._start_soon
+        assert start_soon is not None, "the dispatcher is not open"
+        context.run(start_soon, self._run, call, ticket, False)
 
     async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
         if self._activity._bound_to_loop:
@@ -613,17 +622,30 @@ class AnyioDispatcher:
         return future.result()
 
     async def _run(
-        self,
-        call: Call[Any],
-        body: Callable[[], Coroutine[Any, Any, Any]],
-        ticket: Event | _NoTicket | None = _NO_TICKET,
+        self, call: Call[Any], ticket: Event | _NoTicket | None, inline: bool
     ) -> Outcome:
-        deadline = math.inf if call._timeout is None else anyio.current_time() + call._timeout
-        scope = anyio.CancelScope(deadline=deadline)
+        """Run a call's body in its own cancel scope; a task also finishes the call.
+
+        One coroutine does it all, the task's only frame besides the body's own:
+        a call in flight costs a task, this frame and a cancel scope. ``inline``
+        (``synchronous_call``) runs the body in the caller's task instead, each
+        step inside the call's context.
+        """
+        activity = self._activity
+        domain = activity._domain
+        if call._cancel_requested and not inline:
+            # Cancelled between start() and the task's first step.
+            if domain is not None and not isinstance(ticket, _NoTicket):
+                domain.abandon(call._causality, ticket)
+            activity._finish(call, CANCELLED, None, None)
+            return CANCELLED, None, None
+        scope = self._cancel_scope()
+        if call._timeout is not None:
+            scope.deadline = self._current_time() + call._timeout
         call._future = scope
         if call._cancel_requested:
             scope.cancel()
-        domain = self._activity._domain
+        outcome: Outcome
         result: Any = None
         try:
             with scope:
@@ -633,22 +655,48 @@ class AnyioDispatcher:
                     else:
                         await domain.wait_turn(call._causality, ticket)
                 try:
-                    result = await body()
+                    if call._kind is BLOCKING:
+                        # A task's body runs in a copy of the context: if the task is
+                        # cancelled while an abandoned thread still runs in it, the
+                        # call's own context is not entered twice.
+                        context = call._context if inline else contextvars.copy_context()
+                        assert context is not None
+                        result = await self._blocking(call, context.run)
+                    elif inline:
+                        context = call._context
+                        assert context is not None
+                        coro = (
+                            call._fn
+                            if call._kind is COROUTINE
+                            else context.run(call._fn, *call._args)
+                        )
+                        result = (
+                            await drive_in_context(coro, context) if _is_coroutine(coro) else coro
+                        )
+                    else:
+                        coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
+                        result = await coro if _is_coroutine(coro) else coro
                 finally:
                     if domain is not None:
                         domain.leave(call._causality)
         except self._cancelled_exc as exc:
             # Cancelled from outside the call's own scope (the host went away).
-            return CANCELLED, None, exc
+            outcome = CANCELLED, None, exc
         except BaseException as exc:
-            return FAILED, None, exc
+            outcome = FAILED, None, exc
+        else:
+            if scope.cancelled_caught:
+                if call._cancel_requested:
+                    outcome = CANCELLED, None, None
+                else:
+                    outcome = FAILED, None, timeout_error(call)
+            else:
+                outcome = _outcome_of_result(call, result)
         finally:
             call._future = None
-        if scope.cancelled_caught:
-            if call._cancel_requested:
-                return CANCELLED, None, None
-            return FAILED, None, timeout_error(call)
-        return _outcome_of_result(call, result)
+        if not inline:
+            activity._finish(call, *outcome)
+        return outcome
 
     def cancel_running(self, call: Call[Any]) -> None:
         call._cancel_requested = True
@@ -657,24 +705,14 @@ class AnyioDispatcher:
             scope.cancel()
 
     async def run_inline(self, call: Call[Any]) -> Outcome:
-        context = call._context
-        assert context is not None
-        kind = call._kind
-        run: Callable[..., Any] = context.run
-
-        async def body() -> Any:
-            if kind is BLOCKING:
-                return await self._blocking(call, run)
-            coro = call._fn if kind is COROUTINE else run(call._fn, *call._args)
-            return await drive_in_context(coro, context) if _is_coroutine(coro) else coro
-
-        return await self._run(call, body)
+        return await self._run(call, _NO_TICKET, True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:
             await coro
 
-        self._tg.start_soon(run)
+        assert self._nursery is not None
+        self._nursery.start_soon(run)
 
     async def wait_event(self, event: Event, timeout: float | None) -> bool:
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -686,4 +724,11 @@ class AnyioDispatcher:
             await event.wait()
 
     async def aclose(self) -> None:
-        await self._tg.__aexit__(None, None, None)
+        try:
+            await self._nursery_manager.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            # No call task raises; only the host's own cancellation can arrive here.
+            cancelled, rest = group.split(self._cancelled_exc)
+            if rest is not None or cancelled is None:
+                raise
+            raise cancelled.exceptions[0] from None
