@@ -273,6 +273,7 @@ class Activity:
         "_id",
         "_idle_event",
         "_locals",
+        "_loop",
         "_name",
         "_origin",
         "_overflow",
@@ -328,6 +329,8 @@ class Activity:
         #: it was entered in, or a service domain's own.
         self._causality: object | None = None
         self._wake_token: anyio.lowlevel.EventLoopToken | None = None
+        #: The asyncio loop the activity belongs to (None before it opens, and on trio).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Whether synchronous_call may take its inline path: an asyncio loop, no
         #: domain to enter and no default timeout to arm.
         self._fast_sync = False
@@ -423,6 +426,7 @@ class Activity:
             self._dispatcher = dispatcher
         else:
             self._dispatcher = AsyncioDispatcher(self, loop, self._apartment)
+            self._loop = loop
         if new_domain:
             self._domain = SynchronizationDomain(self._name, self._dispatcher.new_event)
         self._thread_id = get_ident()
@@ -669,13 +673,18 @@ class Activity:
         if (
             self._fast_sync
             and type(fn) is FunctionType
-            and fn.__code__.co_flags & _CO_COROUTINE
             and timeout is None
             and get_ident() == self._thread_id
+            and (
+                (flags := fn.__code__.co_flags) & _CO_COROUTINE
+                or not (flags & _CO_GENERATORS or self._apartment or self._bound_to_loop)
+            )
         ):
-            # The common case, inline: a coroutine function that may start at once, on
-            # asyncio, with no domain to enter and no timeout to arm. The steps of the
-            # general path below, without the branches that cannot apply.
+            # The common cases, inline: a coroutine function, or a plain function for
+            # the worker threads, that may start at once on asyncio, with no domain to
+            # enter and no timeout to arm. The steps of the general path below,
+            # without the branches that cannot apply.
+            blocking = not flags & _CO_COROUTINE
             frame = _frame.get()
             admission = self._admission
             if frame is None:
@@ -692,7 +701,7 @@ class Activity:
             ):
                 call = Call._create(
                     self,
-                    COROUTINE_FUNCTION,
+                    BLOCKING if blocking else COROUTINE_FUNCTION,
                     fn,
                     args,
                     None,
@@ -718,9 +727,13 @@ class Activity:
                 running_calls = self._running_calls
                 running_calls.add(call)
                 # With the loop given, current_task() skips looking the loop up (3x faster).
-                task = call._future = current_task(self._dispatcher._loop)  # type: ignore[union-attr]
+                task = call._future = current_task(self._loop)
                 try:
-                    result = await drive_in_context(fn(*args), context)
+                    if blocking:
+                        dispatcher = cast("AsyncioDispatcher", self._dispatcher)
+                        result = await dispatcher._in_thread(context.run, call)
+                    else:
+                        result = await drive_in_context(fn(*args), context)
                 except asyncio.CancelledError:
                     call._future = None
                     ours = call._cancel_requested or call._timed_out

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from activity import (
@@ -295,6 +296,47 @@ class TestSynchronousCallLifecycle:
         stats = act.statistics()
         assert_balanced(stats)
         assert (stats.accepted, stats.cancelled) == (1, 1)
+
+    async def test_a_blocking_call_cancelled_by_the_activity(self) -> None:
+        started = threading.Event()
+        release = threading.Event()
+        outcome: list[BaseException] = []
+
+        def park() -> str:
+            started.set()
+            release.wait(30)
+            return "late"
+
+        async def caller(act: Activity) -> None:
+            try:
+                await act.synchronous_call(park)
+            except CallCancelledError as exc:
+                outcome.append(exc)
+
+        try:
+            async with Activity() as act, anyio.create_task_group() as tg:
+                tg.start_soon(caller, act)
+                await anyio.to_thread.run_sync(started.wait)
+                act.cancel("stop")
+        finally:
+            release.set()
+        assert [type(exc) for exc in outcome] == [CallCancelledError]
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.cancelled, stats.completed) == (1, 1, 0)
+
+    async def test_a_blocking_call_sees_its_activity(self) -> None:
+        tenant = ActivityLocal[str]("tenant")
+
+        def look() -> tuple[Activity | None, str, str]:
+            return current_activity(), tenant.get(), threading.current_thread().name
+
+        async with Activity() as act:
+            tenant.set("acme")
+            seen, value, thread = await act.synchronous_call(look)
+        assert (seen, value) == (act, "acme")
+        assert thread != threading.current_thread().name
+        assert act.statistics().completed == 1
 
     async def test_the_callers_cancellation_propagates(self) -> None:
         started = anyio.Event()
