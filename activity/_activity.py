@@ -704,16 +704,12 @@ class Activity:
                     BLOCKING if blocking else COROUTINE_FUNCTION,
                     fn,
                     args,
-                    None,
-                    None,
-                    None,
-                    None,
-                    True,
                     origin,
+                    True,
                     RUNNING,
                     not reentrant,
-                    True,
                 )
+                call._observed = True  # its caller is told of its failure
                 if frame is not None and frame._causality is not None:
                     call._causality = frame._causality
                 token = _frame.set(call)
@@ -1311,7 +1307,17 @@ class Activity:
     ) -> Call[Any]:
         """Make a call and the copy of the submitter's context it will run in."""
         call = Call._create(
-            self, kind, body, args, target, name, timeout, None, synchronous, self._origin_of(frame)
+            self,
+            kind,
+            body,
+            args,
+            self._origin_of(frame),
+            synchronous,
+            PENDING,
+            False,
+            target,
+            name,
+            timeout,
         )
         if synchronous and frame is not None and frame._causality is not None:
             # The caller waits for this call, so the call continues the caller's chain.

@@ -143,16 +143,15 @@ class Call(Generic[T_co]):
         kind: Kind,
         fn: Any,
         args: tuple[Any, ...],
-        error_target: Any,
-        name: str | None,
-        timeout: float | None,
-        context: Context | None,
-        synchronous: bool,
         origin: Activity | None,
+        synchronous: bool,
         status: CallStatus = PENDING,
         holds_slot: bool = False,
-        observed: bool = False,
+        error_target: Any = None,
+        name: str | None = None,
+        timeout: float | None = None,
     ) -> Call[Any]:
+        """Make a call; positional, the hot paths' arguments first, each store once."""
         self = object.__new__(cls)
         self._activity = activity
         self._origin = origin
@@ -164,13 +163,13 @@ class Call(Generic[T_co]):
         self._error_target = error_target
         self._name = name
         self._timeout = timeout
-        self._context = context
+        self._context = None
         self._synchronous = synchronous
         self._id = next(_ids)
         self._status = status
         self._result = None
         self._exception = None
-        self._observed = observed
+        self._observed = False
         self._event = None
         self._future = None
         self._timer = None
