@@ -331,8 +331,8 @@ class Activity:
         self._wake_token: anyio.lowlevel.EventLoopToken | None = None
         #: The asyncio loop the activity belongs to (None before it opens, and on trio).
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Whether synchronous_call may take its inline path: an asyncio loop, no
-        #: domain to enter and no default timeout to arm.
+        #: Whether synchronous_call may take its inline path: open, no domain to
+        #: enter and no default timeout to arm.
         self._fast_sync = False
 
     # -- properties -------------------------------------------------------------------
@@ -438,11 +438,7 @@ class Activity:
         outer = _frame.get()
         self._causality = None if outer is None else outer._causality
         self._token = _frame.set(self)
-        self._fast_sync = (
-            type(self._dispatcher) is AsyncioDispatcher
-            and self._domain is None
-            and self._timeout is None
-        )
+        self._fast_sync = self._domain is None and self._timeout is None
         self._state = _OPEN
         tracking._live.add(self)
         if tracking._listeners:
@@ -722,39 +718,46 @@ class Activity:
                     admission.slots += 1
                 running_calls = self._running_calls
                 running_calls.add(call)
-                # With the loop given, current_task() skips looking the loop up (3x faster).
-                task = call._future = current_task(self._loop)
-                try:
-                    if blocking:
-                        dispatcher = cast("AsyncioDispatcher", self._dispatcher)
-                        result = await dispatcher._in_thread(context.run, call)
-                    else:
-                        result = await drive_in_context(fn(*args), context)
-                except asyncio.CancelledError:
+                loop = self._loop
+                if loop is None:
+                    # trio: the dispatcher runs the body in a cancel scope of its own.
+                    status, result, failure = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
+                    if (
+                        status is not COMPLETED
+                        or call._status is not RUNNING
+                        or tracking._listeners
+                    ):
+                        return self._end_inline(call, status, result, failure)
+                else:
+                    # With the loop given, current_task() skips looking the loop up (3x faster).
+                    task = call._future = current_task(loop)
+                    try:
+                        if blocking:
+                            dispatcher = cast("AsyncioDispatcher", self._dispatcher)
+                            result = await dispatcher._in_thread(context.run, call)
+                        else:
+                            result = await drive_in_context(fn(*args), context)
+                    except asyncio.CancelledError:
+                        call._future = None
+                        ours = call._cancel_requested or call._timed_out
+                        self._finish(call, CANCELLED, None, None)
+                        if ours and task.uncancel() == 0:  # type: ignore[union-attr]
+                            raise self._cancelled_error(call) from None
+                        raise
+                    except BaseException as error:
+                        call._future = None
+                        self._finish(call, FAILED, None, error)
+                        raise
                     call._future = None
-                    ours = call._cancel_requested or call._timed_out
-                    self._finish(call, CANCELLED, None, None)
-                    if ours and task.uncancel() == 0:  # type: ignore[union-attr]
-                        raise self._cancelled_error(call) from None
-                    raise
-                except BaseException as error:
-                    call._future = None
-                    self._finish(call, FAILED, None, error)
-                    raise
-                call._future = None
-                if call._cancel_requested and task.cancelling():  # type: ignore[union-attr]
-                    task.uncancel()  # type: ignore[union-attr]
-                if (
-                    call._status is not RUNNING
-                    or tracking._listeners
-                    or type(result) is HResult
-                    or type(result) is _CoroutineType
-                ):
-                    status, result, failure = _outcome_of_result(call, result)
-                    self._finish(call, status, result, failure)
-                    if failure is not None:
-                        raise failure
-                    return result
+                    if call._cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                        task.uncancel()  # type: ignore[union-attr]
+                    if (
+                        call._status is not RUNNING
+                        or tracking._listeners
+                        or type(result) is HResult
+                        or type(result) is _CoroutineType
+                    ):
+                        return self._end_inline(call, *_outcome_of_result(call, result))
                 # _finish, minus what a completed call that nobody else holds never needs.
                 counters.running -= 1
                 counters.completed += 1
@@ -789,6 +792,12 @@ class Activity:
         self._running_calls.add(call)
         call._observed = True
         status, value, exc = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
+        return self._end_inline(call, status, value, exc)
+
+    def _end_inline(
+        self, call: Call[Any], status: CallStatus, value: Any, exc: BaseException | None
+    ) -> Any:
+        """Record how a synchronous call run inline ended; return its value or raise."""
         if status is CANCELLED:
             self._finish(call, CANCELLED, None, None)
             if exc is not None:  # the caller itself was cancelled
