@@ -259,13 +259,22 @@ class Workers:
         self._busy = 0
 
     def submit(
-        self, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
-    ) -> concurrent.futures.Future[Any]:
+        self,
+        run: Callable[..., Any],
+        fn: Any,
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+    ) -> asyncio.Future[Any]:
+        """Run ``run(fn, *args)`` on a thread of the pool; the future belongs to ``loop``."""
+        future = self.executor.submit(run, fn, *args)
+        wrapped = asyncio.wrap_future(future, loop=loop)
         with self._lock:
             self._busy += 1
-        future = self.executor.submit(run, fn, *args)
+        # After wrap_future's own callback: the worker wakes the loop first, then
+        # counts itself free, which nobody waits for. (Counted only once submitted,
+        # and always before the decrement, which this callback makes.)
         future.add_done_callback(self._finished)
-        return future
+        return wrapped
 
     def _finished(self, _: concurrent.futures.Future[Any]) -> None:
         with self._lock:  # runs in the worker thread
@@ -330,7 +339,7 @@ class AsyncioDispatcher:
         workers = self._workers
         if workers is None:
             workers = self._workers = borrow_workers(self._thread_limit)
-        return asyncio.wrap_future(workers.submit(run, call._fn, call._args), loop=self._loop)
+        return workers.submit(run, call._fn, call._args, self._loop)
 
     def new_event(self) -> Event:
         return asyncio.Event()
