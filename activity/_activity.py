@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import Token, copy_context
 from threading import current_thread, get_ident
-from types import CoroutineType, FunctionType, TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, Unpack, cast, final, overload
 
 import anyio
@@ -55,6 +55,7 @@ from ._config import (
 )
 from ._context import SynchronizationDomain, _Frame, _frame, current_activity
 from ._dispatch import (
+    _CHECKED_RESULTS,
     Apartment,
     AsyncioDispatcher,
     Dispatcher,
@@ -81,7 +82,6 @@ Ts = TypeVarTuple("Ts")
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
 _CO_GENERATORS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
-_CoroutineType: Final = CoroutineType
 _ids = itertools.count(1)
 
 
@@ -754,8 +754,7 @@ class Activity:
                     if (
                         call._status is not RUNNING
                         or tracking._listeners
-                        or type(result) is HResult
-                        or type(result) is _CoroutineType
+                        or type(result) in _CHECKED_RESULTS
                     ):
                         return self._end_inline(call, *_outcome_of_result(call, result))
                 # _finish, minus what a completed call that nobody else holds never needs.

@@ -135,11 +135,13 @@ def drive_in_context(
 
 
 _CoroutineType: Final = types.CoroutineType
+#: The types of result that _outcome_of_result may turn into a failure.
+_CHECKED_RESULTS: Final = frozenset({HResult, _CoroutineType})
 
 
 def _is_coroutine(obj: object) -> TypeGuard[Coroutine[Any, Any, Any]]:
-    """``inspect.iscoroutine``, with the exact-type test (the common case) first."""
-    return type(obj) is _CoroutineType or isinstance(obj, _CoroutineType)
+    """``inspect.iscoroutine``: the coroutine type cannot be subclassed, so one test."""
+    return type(obj) is _CoroutineType
 
 
 def _outcome_of_result(call: Call[Any], result: Any) -> Outcome:
@@ -531,6 +533,11 @@ class AsyncioDispatcher:
             return_workers(workers)
 
 
+def _boxed(run: Callable[..., Any], fn: Any, args: tuple[Any, ...]) -> tuple[Any]:
+    """``run(fn, *args)``, its result in a 1-tuple."""
+    return (run(fn, *args),)
+
+
 class _NoTicket:
     """No place was taken in the domain's line beforehand."""
 
@@ -607,9 +614,12 @@ class TrioDispatcher:
                 if not future.cancel():
                     apartment.abandon()
                 raise
-        return await anyio.to_thread.run_sync(
-            run, call._fn, *call._args, limiter=self._limiter, abandon_on_cancel=True
+        # Boxed: trio refuses a thread's result that is a coroutine with a TypeError of
+        # its own; the activity reports that mistake itself (_outcome_of_result).
+        boxed = await anyio.to_thread.run_sync(
+            _boxed, run, call._fn, call._args, limiter=self._limiter, abandon_on_cancel=True
         )
+        return boxed[0]
 
     async def _await_future(self, future: concurrent.futures.Future[Any]) -> Any:
         """Wait for a future that a thread of ours completes, without holding a thread."""
@@ -631,7 +641,7 @@ class TrioDispatcher:
         return future.result()
 
     async def _run(
-        self, call: Call[Any], ticket: Event | _NoTicket | None, inline: bool
+        self, call: Call[Any], ticket: Event | _NoTicket | None = _NO_TICKET, inline: bool = True
     ) -> Outcome:
         """Run a call's body in its own cancel scope; a task also finishes the call.
 
@@ -699,8 +709,10 @@ class TrioDispatcher:
                     outcome = CANCELLED, None, None
                 else:
                     outcome = FAILED, None, timeout_error(call)
-            else:
+            elif type(result) in _CHECKED_RESULTS:
                 outcome = _outcome_of_result(call, result)
+            else:
+                outcome = COMPLETED, result, None
         finally:
             call._future = None
         if not inline:
@@ -713,8 +725,8 @@ class TrioDispatcher:
         if scope is not None:
             scope.cancel()
 
-    async def run_inline(self, call: Call[Any]) -> Outcome:
-        return await self._run(call, _NO_TICKET, True)
+    #: Its defaults run a synchronous call in the caller's task, without a frame more.
+    run_inline = _run
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:

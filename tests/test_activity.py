@@ -338,6 +338,20 @@ class TestSynchronousCallLifecycle:
         assert thread != threading.current_thread().name
         assert act.statistics().completed == 1
 
+    async def test_a_plain_function_that_returns_a_coroutine_fails(self) -> None:
+        def make() -> Any:
+            return echo(1)  # never awaited: the activity closes it
+
+        async with Activity() as act:
+            with pytest.raises(InvalidArgumentError, match="returned a coroutine"):
+                await act.synchronous_call(make)
+            call = await act.asynchronous_call(make)
+            await call.wait()
+            assert isinstance(call.exception(), InvalidArgumentError)
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.failed) == (2, 2)
+
     async def test_the_callers_cancellation_propagates(self) -> None:
         started = anyio.Event()
         async with Activity() as act:
