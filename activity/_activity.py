@@ -816,15 +816,18 @@ class Activity:
         """
         if (
             type(fn) is FunctionType
-            and fn.__code__.co_flags & _CO_COROUTINE
             and timeout is None
             and name is None
             and self._state is _OPEN
             and get_ident() == self._thread_id
         ):
-            # The common case in one test: a coroutine function without per-call
+            # The common cases: a function (coroutine or plain) without per-call
             # options, on the activity's own thread while it is open.
-            return COROUTINE_FUNCTION, fn, None, self._timeout
+            flags = fn.__code__.co_flags
+            if flags & _CO_COROUTINE:
+                return COROUTINE_FUNCTION, fn, None, self._timeout
+            if not flags & _CO_GENERATORS:
+                return BLOCKING, fn, None, self._timeout
         try:
             self._check_open()
             kind, body, target = _classify(fn, args)

@@ -306,6 +306,10 @@ class Call(Generic[T_co]):
         dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)
         dispatcher.future_done(self, future)
 
+    def _thread_done(self, future: Any) -> None:
+        dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)
+        dispatcher.thread_done(self, future)
+
     def _mark_observed(self) -> None:
         if not self._observed:
             self._observed = True

@@ -166,6 +166,13 @@ def timeout_error(call: Call[Any]) -> CallTimeoutError:
     return CallTimeoutError(f"call {call.name!r} did not finish within {call._timeout} s")
 
 
+def _cancelled_outcome(call: Call[Any]) -> Outcome:
+    """A call stopped by its timeout failed; one stopped on purpose was cancelled."""
+    if call._timed_out and not call._cancel_requested:
+        return FAILED, None, timeout_error(call)
+    return CANCELLED, None, None
+
+
 class _StaThread:
     """One apartment thread: runs submitted work one item at a time, in order."""
 
@@ -265,18 +272,21 @@ class Workers:
         run: Callable[..., Any],
         fn: Any,
         args: tuple[Any, ...],
-        loop: asyncio.AbstractEventLoop,
-    ) -> asyncio.Future[Any]:
-        """Run ``run(fn, *args)`` on a thread of the pool; the future belongs to ``loop``."""
+        on_done: Callable[[concurrent.futures.Future[Any]], object] | None = None,
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``run(fn, *args)`` on a thread of the pool.
+
+        ``on_done`` is the work's first done callback, so that it is told before
+        the pool counts the thread free, which nobody waits for.
+        """
         future = self.executor.submit(run, fn, *args)
-        wrapped = asyncio.wrap_future(future, loop=loop)
+        if on_done is not None:
+            future.add_done_callback(on_done)
         with self._lock:
             self._busy += 1
-        # After wrap_future's own callback: the worker wakes the loop first, then
-        # counts itself free, which nobody waits for. (Counted only once submitted,
-        # and always before the decrement, which this callback makes.)
+        # Counted only once submitted, and always before the decrement it adds.
         future.add_done_callback(self._finished)
-        return wrapped
+        return future
 
     def _finished(self, _: concurrent.futures.Future[Any]) -> None:
         with self._lock:  # runs in the worker thread
@@ -337,11 +347,16 @@ class AsyncioDispatcher:
         self._workers: Workers | None = None
         self._system_tasks: set[asyncio.Task[None]] = set()
 
-    def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> asyncio.Future[Any]:
+    def _lent_workers(self) -> Workers:
         workers = self._workers
         if workers is None:
             workers = self._workers = borrow_workers(self._thread_limit)
-        return workers.submit(run, call._fn, call._args, self._loop)
+        return workers
+
+    def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> asyncio.Future[Any]:
+        """Run a blocking call's body on the lent pool, for a coroutine to await."""
+        future = self._lent_workers().submit(run, call._fn, call._args)
+        return asyncio.wrap_future(future, loop=self._loop)
 
     def new_event(self) -> Event:
         return asyncio.Event()
@@ -357,13 +372,11 @@ class AsyncioDispatcher:
         plain = activity._domain is None
         if call._kind is BLOCKING:
             if plain and self._apartment is None and not activity._bound_to_loop:
-                run: Callable[..., Any] = context.run
-                future = self._in_thread(run, call)
-                call._future = future
-                # Not the call's context: a cancelled future finishes while the
-                # abandoned thread may still be inside it, and a context can be
-                # entered only once at a time.
-                future.add_done_callback(call._future_done, context=context.copy())
+                # No asyncio future in between: the work item's done callback asks
+                # the loop to finish the call (thread_done), one hop instead of two.
+                call._future = self._lent_workers().submit(
+                    context.run, call._fn, call._args, call._thread_done
+                )
             else:
                 self._start_task(call, self._run_wrapped(call), context)
         elif plain:
@@ -422,38 +435,66 @@ class AsyncioDispatcher:
                 raise
         return await self._in_thread(run, call)
 
-    def future_done(self, call: Call[Any], future: asyncio.Future[Any]) -> None:
+    def future_done(
+        self, call: Call[Any], future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    ) -> None:
         """The done callback of a call's task or executor future (via ``Call``)."""
         self._activity._finish(call, *self._outcome(call, future))
 
     @staticmethod
-    def _outcome(call: Call[Any], future: asyncio.Future[Any]) -> Outcome:
+    def _outcome(
+        call: Call[Any], future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    ) -> Outcome:
         timer = call._timer
         if timer is not None:
             timer.cancel()
             call._timer = None
         call._future = None
         if future.cancelled():
-            if call._timed_out and not call._cancel_requested:
-                return FAILED, None, timeout_error(call)
-            return CANCELLED, None, None
+            return _cancelled_outcome(call)
         exc = future.exception()
         if exc is not None:
             return FAILED, None, exc
         return _outcome_of_result(call, future.result())
 
+    def thread_done(self, call: Call[Any], future: concurrent.futures.Future[Any]) -> None:
+        """The done callback of a blocking call's work item (via ``Call``).
+
+        It runs in the worker thread, or in the loop's when the work item was
+        cancelled before it started. The call is finished on the loop, in its own
+        context, which the thread has left by now; a call already finished as
+        abandoned (its context is gone) is not finished twice.
+        """
+        context = call._context
+        if context is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.future_done, call, future, context=context)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            return
+
+    def _cancel_future(self, call: Call[Any]) -> None:
+        future = call._future
+        if future is None or future.cancel():
+            return
+        if type(future) is concurrent.futures.Future and not future.done():
+            # A thread that runs cannot be stopped: the call ends now, abandoned,
+            # and what the thread returns later is ignored.
+            self._loop.call_soon(self._abandon, call)
+
+    def _abandon(self, call: Call[Any]) -> None:
+        if call._status is RUNNING:
+            self._activity._finish(call, *_cancelled_outcome(call))
+
     def _on_timeout(self, call: Call[Any]) -> None:
         call._timer = None
-        future = call._future
-        if call._status is RUNNING and future is not None:
+        if call._status is RUNNING and call._future is not None:
             call._timed_out = True
-            future.cancel()
+            self._cancel_future(call)
 
     def cancel_running(self, call: Call[Any]) -> None:
         call._cancel_requested = True
-        future = call._future
-        if future is not None:
-            future.cancel()
+        self._cancel_future(call)
 
     async def run_inline(self, call: Call[Any]) -> Outcome:
         loop = self._loop

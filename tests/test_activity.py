@@ -72,6 +72,32 @@ class Gate:
         self.opened.set()
 
 
+class ThreadGate:
+    """Blocking calls that park their worker thread until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.opened = threading.Event()
+        self.finished = threading.Event()
+        self.returned: list[Any] = []
+
+    def park(self, value: Any = None) -> Any:
+        self.started.set()
+        self.opened.wait(30)
+        self.returned.append(value)
+        self.finished.set()
+        return value
+
+    async def wait_started(self) -> None:
+        await anyio.to_thread.run_sync(self.started.wait)
+
+    async def wait_finished(self) -> None:
+        assert await anyio.to_thread.run_sync(self.finished.wait, 30)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
 class TestCreation:
     def test_options_and_config(self) -> None:
         act = Activity(max_concurrency=3, name="x")
@@ -298,28 +324,22 @@ class TestSynchronousCallLifecycle:
         assert (stats.accepted, stats.cancelled) == (1, 1)
 
     async def test_a_blocking_call_cancelled_by_the_activity(self) -> None:
-        started = threading.Event()
-        release = threading.Event()
+        gate = ThreadGate()
         outcome: list[BaseException] = []
-
-        def park() -> str:
-            started.set()
-            release.wait(30)
-            return "late"
 
         async def caller(act: Activity) -> None:
             try:
-                await act.synchronous_call(park)
+                await act.synchronous_call(gate.park)
             except CallCancelledError as exc:
                 outcome.append(exc)
 
         try:
             async with Activity() as act, anyio.create_task_group() as tg:
                 tg.start_soon(caller, act)
-                await anyio.to_thread.run_sync(started.wait)
+                await gate.wait_started()
                 act.cancel("stop")
         finally:
-            release.set()
+            gate.open()
         assert [type(exc) for exc in outcome] == [CallCancelledError]
         stats = act.statistics()
         assert_balanced(stats)
@@ -934,6 +954,65 @@ class TestThreads:
             for call in calls:
                 await call
         assert count["peak"] == 2
+
+
+class TestBlockingCallEnds:
+    """A blocking call ends once, however it ends, and its thread's late result is ignored."""
+
+    async def test_cancelled_while_its_thread_runs(self) -> None:
+        gate = ThreadGate()
+        try:
+            async with Activity() as act:
+                call = await act.asynchronous_call(gate.park, "late")
+                await gate.wait_started()
+                assert call.cancel("stop")
+                await call.wait()
+                assert call.status is CallStatus.CANCELLED
+                gate.open()
+        finally:
+            gate.open()
+        await gate.wait_finished()
+        assert gate.returned == ["late"]  # the thread ran on; its result was ignored
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.cancelled, stats.completed) == (1, 1, 0)
+        assert call.status is CallStatus.CANCELLED
+        with pytest.raises(CallCancelledError, match="stop"):
+            call.result()
+
+    async def test_timed_out_while_its_thread_runs(self) -> None:
+        release = threading.Event()
+        try:
+            async with Activity() as act:
+                call = await act.asynchronous_call(release.wait, 30, timeout=0.05)
+                await call.wait()
+                assert call.status is CallStatus.FAILED
+                assert isinstance(call.exception(), CallTimeoutError)
+        finally:
+            release.set()
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.failed) == (1, 1)
+
+    async def test_cancelled_before_its_thread_starts(self) -> None:
+        gate = ThreadGate()
+        try:
+            async with Activity(max_concurrency=5, thread_limit=1) as act:
+                first = await act.asynchronous_call(gate.park, 1)
+                await gate.wait_started()
+                second = await act.asynchronous_call(gate.park, 2)  # waits for the only thread
+                await anyio.lowlevel.checkpoint()
+                second.cancel()
+                await second.wait()
+                assert second.status is CallStatus.CANCELLED
+                gate.open()
+                assert await first == 1
+        finally:
+            gate.open()
+        assert gate.returned == [1]
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.completed, stats.cancelled) == (2, 1, 1)
 
 
 class TestThreadReuse:
