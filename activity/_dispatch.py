@@ -7,12 +7,14 @@ when it is entered:
 is one native task created with the call's context, finished by a done
 callback: there is no wrapper coroutine and no anyio task group, whose
 per-task cancel scope costs several times a native task. A blocking call is
-one future on a thread pool lent to the activity alone, whose size is the
-activity's ``thread_limit`` (never asyncio's default executor), again finished
-by a done callback, without a task. Pools are lent, not made: an activity
-that closes hands its idle pool back for the next one with the same limit, so
-a server that opens an activity per request does not start threads per
-request. Calls that need
+one work item on a thread pool lent to the activity alone, whose size is the
+activity's ``thread_limit`` (never asyncio's default executor); the work
+item's done callback asks the loop to finish the call, with no task and no
+asyncio future in between. A call cancelled while its thread runs is
+finished at once, abandoned: the thread cannot be stopped, and its result is
+ignored. Pools are lent, not made: an activity that closes hands its idle
+pool back for the next one with the same limit, so a server that opens an
+activity per request does not start threads per request. Calls that need
 more (a synchronization domain to enter, an STA thread, the loop thread after
 ``bind_to_current_thread()``) run in one wrapper task each.
 
@@ -26,7 +28,9 @@ own and about doubles what a call in flight costs. Blocking calls go through
 Both run a ``synchronous_call`` *inline*, in the caller's own task: the body's
 coroutine is driven step by step inside the call's context by
 :func:`drive_in_context`, so it sees its own copy of the context (and its
-``ContextVar`` writes stay there) without the cost of a new task.
+``ContextVar`` writes stay there) without the cost of a new task. Its common
+case (a function that may start at once, no domain, no timeout) is handled
+by ``Activity.synchronous_call`` itself, without the dispatcher's round trip.
 
 :class:`Apartment` is COM+'s single-threaded apartment: an activity's blocking
 calls run one at a time on a thread of its own, started lazily and named after
@@ -164,6 +168,38 @@ def _outcome_of_result(call: Call[Any], result: Any) -> Outcome:
 def timeout_error(call: Call[Any]) -> CallTimeoutError:
     """The failure of a call whose run outlived its timeout."""
     return CallTimeoutError(f"call {call.name!r} did not finish within {call._timeout} s")
+
+
+def _signal_from_thread(
+    loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None], _: object
+) -> None:
+    """A work item's done callback: mark ``ended`` on its loop (from any thread)."""
+    try:
+        loop.call_soon_threadsafe(_mark_ended, ended)
+    except RuntimeError:  # the loop is closed: nobody is left to tell
+        return
+
+
+def _mark_ended(ended: asyncio.Future[None]) -> None:
+    if not ended.done():  # else the waiter was cancelled
+        ended.set_result(None)
+
+
+async def _result_of_work(
+    future: concurrent.futures.Future[Any], ended: asyncio.Future[None]
+) -> Any:
+    """Wait for ``ended``, then return the work's result or raise its exception.
+
+    The loop's future only signals the end, and the outcome is read from the
+    work item: a future refuses StopIteration, with which ``wrap_future`` never
+    completes. Cancelled, the work item is cancelled too (if it has not started).
+    """
+    try:
+        await ended
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    return future.result()
 
 
 def _cancelled_outcome(call: Call[Any]) -> Outcome:
@@ -353,10 +389,14 @@ class AsyncioDispatcher:
             workers = self._workers = borrow_workers(self._thread_limit)
         return workers
 
-    def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> asyncio.Future[Any]:
-        """Run a blocking call's body on the lent pool, for a coroutine to await."""
-        future = self._lent_workers().submit(run, call._fn, call._args)
-        return asyncio.wrap_future(future, loop=self._loop)
+    async def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> Any:
+        """Run a blocking call's body on the lent pool and wait for its result."""
+        loop = self._loop
+        ended = loop.create_future()
+        future = self._lent_workers().submit(
+            run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
+        )
+        return await _result_of_work(future, ended)
 
     def new_event(self) -> Event:
         return asyncio.Event()
@@ -426,9 +466,12 @@ class AsyncioDispatcher:
             return run(call._fn, *call._args)
         apartment = self._apartment
         if apartment is not None:
+            loop = self._loop
+            ended = loop.create_future()
             future = apartment.submit(run, call._fn, call._args)
+            future.add_done_callback(functools.partial(_signal_from_thread, loop, ended))
             try:
-                return await asyncio.wrap_future(future, loop=self._loop)
+                return await _result_of_work(future, ended)
             except asyncio.CancelledError:
                 if not future.cancelled():
                     apartment.abandon()

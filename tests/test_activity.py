@@ -994,6 +994,26 @@ class TestBlockingCallEnds:
         assert_balanced(stats)
         assert (stats.accepted, stats.failed) == (1, 1)
 
+    @pytest.mark.parametrize("thread_pool", ["mta", "sta"])
+    async def test_a_thread_that_raises_stop_iteration(self, thread_pool: str) -> None:
+        # A future refuses StopIteration: without care the call would never end.
+        def stop() -> None:
+            raise StopIteration("done")
+
+        async with Activity(thread_pool=thread_pool) as act:
+            # What Python makes of a StopIteration leaving a coroutine.
+            with pytest.raises(RuntimeError) as raised:
+                await act.synchronous_call(stop)
+            assert isinstance(raised.value.__cause__, StopIteration)
+            call = await act.asynchronous_call(stop)
+            await call.wait()
+            assert call.status is CallStatus.FAILED
+            # The StopIteration itself where no coroutine is in between (asyncio's pool).
+            assert isinstance(call.exception(), StopIteration | RuntimeError)
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.failed) == (2, 2)
+
     async def test_cancelled_before_its_thread_starts(self) -> None:
         gate = ThreadGate()
         try:
