@@ -677,9 +677,9 @@ class Activity:
             )
         ):
             # The common cases, inline: a coroutine function, or a plain function for
-            # the worker threads, that may start at once on asyncio, with no domain to
-            # enter and no timeout to arm. The steps of the general path below,
-            # without the branches that cannot apply.
+            # the worker threads, that may start at once, with no domain to enter and
+            # no timeout to arm. The steps of the general path below, without the
+            # branches that cannot apply.
             blocking = not flags & _CO_COROUTINE
             frame = _frame.get()
             admission = self._admission
