@@ -7,6 +7,7 @@ from activity import (
     Activity,
     ActivityStatistics,
     AsyncWorkRejectedError,
+    CallStatus,
     InvalidArgumentError,
     tracking,
 )
@@ -62,6 +63,34 @@ class TestTracking:
             tracking.EventKind.CALL_REJECTED,
             tracking.EventKind.CALL_FINISHED,
             tracking.EventKind.ACTIVITY_CLOSED,
+        ]
+
+    async def test_synchronous_calls_are_reported(self) -> None:
+        seen: list[tuple[str, CallStatus]] = []
+
+        def listen(event: tracking.TrackingEvent) -> None:
+            if event.kind is tracking.EventKind.CALL_FINISHED and event.call is not None:
+                seen.append((event.activity.name, event.call.status))
+
+        def plain() -> int:
+            return 1
+
+        async def fails() -> None:
+            raise ValueError("no")
+
+        remove = tracking.add_listener(listen)
+        try:
+            async with Activity(name="sync-watched") as act:
+                await act.synchronous_call(noop)
+                assert await act.synchronous_call(plain) == 1
+                with pytest.raises(ValueError, match="no"):
+                    await act.synchronous_call(fails)
+        finally:
+            remove()
+        assert [status for name, status in seen if name == "sync-watched"] == [
+            CallStatus.COMPLETED,
+            CallStatus.COMPLETED,
+            CallStatus.FAILED,
         ]
 
     async def test_failing_listener_is_removed_and_raised_at_exit(self) -> None:
