@@ -1044,7 +1044,7 @@ class TestThreadReuse:
     )
     async def test_a_closed_activity_hands_its_threads_to_the_next(self) -> None:
         def pool_name() -> str:
-            # ThreadPoolExecutor names its threads "<pool prefix>_<n>".
+            # The pool names its threads "<pool prefix>_<n>".
             return threading.current_thread().name.rpartition("_")[0]
 
         pools: list[str] = []
