@@ -42,6 +42,7 @@ from ._call import (
     RUNNING,
     Call,
     CallStatus,
+    InlineCall,
     Kind,
 )
 from ._config import (
@@ -82,6 +83,8 @@ Ts = TypeVarTuple("Ts")
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
 _CO_GENERATORS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+#: The frames that are calls (a nested synchronous_call of their activity re-enters).
+_CALL_FRAMES: Final = (Call, InlineCall)
 _ids = itertools.count(1)
 
 
@@ -272,6 +275,7 @@ class Activity:
         "_handlers_in_flight",
         "_id",
         "_idle_event",
+        "_inline_calls",
         "_locals",
         "_loop",
         "_name",
@@ -313,6 +317,8 @@ class Activity:
         self._origin: Activity | None = None
         self._locals: dict[Any, Any] = {}
         self._running_calls: set[Call[Any]] = set()
+        #: Synchronous calls running inline in their callers' tasks, not yet Calls.
+        self._inline_calls: set[InlineCall] = set()
         self._unobserved: dict[int, Call[Any]] = {}
         self._handler_errors: list[BaseException] = []
         self._handlers_in_flight = 0
@@ -689,85 +695,112 @@ class Activity:
             else:
                 reentrant = frame._activity is self
                 origin = frame._origin if reentrant else frame._activity
-                reentrant = reentrant and type(frame) is Call
+                reentrant = reentrant and type(frame) in _CALL_FRAMES
             if reentrant or (
                 admission.slots < admission.max_concurrency
                 and not admission.pending
                 and not admission.waiters
             ):
-                call = Call._create(
-                    self,
-                    BLOCKING if blocking else COROUTINE_FUNCTION,
-                    fn,
-                    args,
-                    origin,
-                    True,
-                    RUNNING,
-                    not reentrant,
-                )
-                call._observed = True  # its caller is told of its failure
-                if frame is not None and frame._causality is not None:
-                    call._causality = frame._causality
-                token = _frame.set(call)
-                context = call._context = copy_context()
-                _frame.reset(token)
                 counters = self._counters
                 counters.accepted += 1
                 counters.running += 1
                 if not reentrant:
                     admission.slots += 1
-                running_calls = self._running_calls
-                running_calls.add(call)
                 loop = self._loop
-                if loop is None:
-                    # trio: the dispatcher runs the body in a cancel scope of its own.
-                    status, result, failure = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
-                    if (
-                        status is not COMPLETED
-                        or call._status is not RUNNING
-                        or tracking._listeners
-                    ):
-                        return self._end_inline(call, status, result, failure)
-                else:
+                if loop is not None and not blocking:
+                    # asyncio, a coroutine: its frame is an InlineCall, which becomes a
+                    # Call only if the call ends otherwise than completed, unobserved.
+                    inline = InlineCall(self, origin, None if frame is None else frame._causality)
+                    inline_calls = self._inline_calls
+                    inline_calls.add(inline)
                     # With the loop given, current_task() skips looking the loop up (3x faster).
-                    task = call._future = current_task(loop)
+                    task = inline._task = current_task(loop)
                     try:
-                        if blocking:
-                            dispatcher = cast("AsyncioDispatcher", self._dispatcher)
-                            result = await dispatcher._in_thread(context.run, call)
-                        else:
-                            result = await drive_in_context(fn(*args), context)
+                        result = await drive_in_context(fn(*args), copy_context(), inline)
                     except asyncio.CancelledError:
-                        call._future = None
-                        ours = call._cancel_requested or call._timed_out
+                        call = self._promote(inline, fn, args, reentrant)
                         self._finish(call, CANCELLED, None, None)
-                        if ours and task.uncancel() == 0:  # type: ignore[union-attr]
+                        if call._cancel_requested and task.uncancel() == 0:  # type: ignore[union-attr]
                             raise self._cancelled_error(call) from None
                         raise
                     except BaseException as error:
-                        call._future = None
-                        self._finish(call, FAILED, None, error)
+                        self._finish(
+                            self._promote(inline, fn, args, reentrant), FAILED, None, error
+                        )
                         raise
-                    call._future = None
-                    if call._cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                    inline._task = None
+                    if inline._cancel_requested and task.cancelling():  # type: ignore[union-attr]
                         task.uncancel()  # type: ignore[union-attr]
-                    if (
-                        call._status is not RUNNING
-                        or tracking._listeners
-                        or type(result) in _CHECKED_RESULTS
-                    ):
+                    if tracking._listeners or type(result) in _CHECKED_RESULTS:
+                        call = self._promote(inline, fn, args, reentrant)
                         return self._end_inline(call, *_outcome_of_result(call, result))
-                # _finish, minus what a completed call that nobody else holds never needs.
+                    inline._causality = None  # itself, when it started the chain
+                    inline_calls.discard(inline)
+                else:
+                    call = Call._create(
+                        self,
+                        BLOCKING if blocking else COROUTINE_FUNCTION,
+                        fn,
+                        args,
+                        origin,
+                        True,
+                        RUNNING,
+                        not reentrant,
+                    )
+                    call._observed = True  # its caller is told of its failure
+                    if frame is not None and frame._causality is not None:
+                        call._causality = frame._causality
+                    token = _frame.set(call)
+                    context = call._context = copy_context()
+                    _frame.reset(token)
+                    running_calls = self._running_calls
+                    running_calls.add(call)
+                    if loop is None:
+                        # trio: the dispatcher runs the body in a cancel scope of its own.
+                        status, result, failure = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
+                        if (
+                            status is not COMPLETED
+                            or call._status is not RUNNING
+                            or tracking._listeners
+                        ):
+                            return self._end_inline(call, status, result, failure)
+                    else:
+                        # asyncio, a plain function: to the lent thread pool.
+                        task = call._future = current_task(loop)
+                        try:
+                            dispatcher = cast("AsyncioDispatcher", self._dispatcher)
+                            result = await dispatcher._in_thread(context.run, call)
+                        except asyncio.CancelledError:
+                            call._future = None
+                            ours = call._cancel_requested or call._timed_out
+                            self._finish(call, CANCELLED, None, None)
+                            if ours and task.uncancel() == 0:  # type: ignore[union-attr]
+                                raise self._cancelled_error(call) from None
+                            raise
+                        except BaseException as error:
+                            call._future = None
+                            self._finish(call, FAILED, None, error)
+                            raise
+                        call._future = None
+                        if call._cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                            task.uncancel()  # type: ignore[union-attr]
+                        if (
+                            call._status is not RUNNING
+                            or tracking._listeners
+                            or type(result) in _CHECKED_RESULTS
+                        ):
+                            return self._end_inline(call, *_outcome_of_result(call, result))
+                    # _finish, minus what a completed call that nobody else holds never needs.
+                    call._status = COMPLETED
+                    call._context = None  # both refer back to the call, as in _finish
+                    call._causality = None
+                    if args:
+                        call._args = ()
+                    running_calls.discard(call)
+                    call._holds_slot = False
                 counters.running -= 1
                 counters.completed += 1
-                call._status = COMPLETED
-                call._context = None  # both refer back to the call, as in _finish
-                call._causality = None
-                if args:
-                    call._args = ()
-                running_calls.discard(call)
                 if not reentrant:
-                    call._holds_slot = False
                     admission.slots -= 1
                     if admission.pending or admission.waiters:
                         self._pump()
@@ -780,7 +813,7 @@ class Activity:
         call = self._new_call(kind, body, args, target, None, call_timeout, frame, True)
         causality = call._causality
         domain = self._domain
-        reentrant = (type(frame) is Call and frame._activity is self) or (
+        reentrant = (isinstance(frame, _CALL_FRAMES) and frame._activity is self) or (
             domain is not None and domain.owner is causality
         )
         admission = self._admission
@@ -806,6 +839,22 @@ class Activity:
         if exc is not None:
             raise exc
         return value
+
+    def _promote(
+        self, inline: InlineCall, fn: Any, args: tuple[Any, ...], reentrant: bool
+    ) -> Call[Any]:
+        """The Call of an inline call that ends otherwise than completed and unobserved."""
+        call = Call._create(
+            self, COROUTINE_FUNCTION, fn, args, inline._origin, True, RUNNING, not reentrant
+        )
+        call._observed = True  # its caller is told of its failure
+        call._cancel_requested = inline._cancel_requested
+        call._cancel_reason = inline._cancel_reason
+        inline._task = None
+        inline._causality = None
+        self._inline_calls.discard(inline)
+        self._running_calls.add(call)
+        return call
 
     def _validate(
         self, fn: Any, args: tuple[Any, ...], timeout: Any, name: Any
@@ -1034,6 +1083,8 @@ class Activity:
             self._finish(call, CANCELLED, None, None)
         for call in list(self._running_calls):
             self._cancel_call(call, reason)
+        for inline in list(self._inline_calls):
+            inline.cancel(reason)
 
     def _cancelled_error(self, call: Call[Any]) -> CallCancelledError:
         reason = call._cancel_reason or self._cancel_reason

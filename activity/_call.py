@@ -10,6 +10,7 @@ from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Generator
     from contextvars import Context
 
@@ -322,3 +323,45 @@ class Call(Generic[T_co]):
 
 Call.__module__ = "activity"
 CallStatus.__module__ = "activity"
+
+
+@final
+class InlineCall:
+    """A ``synchronous_call`` whose coroutine body runs in its caller's task on asyncio.
+
+    It is what the body sees as its frame, and what the activity needs to
+    cancel it: not a :class:`Call`, which costs about twice as much to make.
+    A call that does more than complete (it fails, is cancelled, returns a
+    failing ``HResult``, or has listeners to tell) is made a ``Call`` when it
+    ends, and ends as one (``Activity._promote``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_activity",
+        "_cancel_reason",
+        "_cancel_requested",
+        "_causality",
+        "_origin",
+        "_task",
+    )
+
+    def __init__(
+        self, activity: Activity, origin: Activity | None, causality: object | None
+    ) -> None:
+        self._activity = activity
+        self._origin = origin
+        # The chain the caller belongs to, or one the call starts.
+        self._causality: object | None = self if causality is None else causality
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._cancel_reason: str | None = None
+
+    def cancel(self, reason: str | None) -> None:
+        """Cancel the body: its task is cancelled, which ends the call as CANCELLED."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        self._cancel_requested = True
+        task = self._task
+        if task is not None:
+            task.cancel()

@@ -30,7 +30,9 @@ coroutine is driven step by step inside the call's context by
 :func:`drive_in_context`, so it sees its own copy of the context (and its
 ``ContextVar`` writes stay there) without the cost of a new task. Its common
 case (a function that may start at once, no domain, no timeout) is handled
-by ``Activity.synchronous_call`` itself, without the dispatcher's round trip.
+by ``Activity.synchronous_call`` itself, without the dispatcher's round trip;
+on asyncio the frame of such a coroutine call is a light ``InlineCall``, made
+a ``Call`` only if the call ends otherwise than completed.
 
 :class:`Apartment` is COM+'s single-threaded apartment: an activity's blocking
 calls run one at a time on a thread of its own, started lazily and named after
@@ -68,6 +70,7 @@ from ._call import (
     Call,
     CallStatus,
 )
+from ._context import _Frame, _frame
 from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from ._hresult import HResult
 
@@ -106,7 +109,7 @@ class Dispatcher(Protocol):
 
 @types.coroutine
 def drive_in_context(
-    coro: Coroutine[Any, Any, Any], context: contextvars.Context
+    coro: Coroutine[Any, Any, Any], context: contextvars.Context, frame: _Frame | None = None
 ) -> Generator[Any, Any, Any]:
     """Run ``coro`` to completion in the current task, but inside ``context``.
 
@@ -114,27 +117,35 @@ def drive_in_context(
     (an asyncio future, a trio trap) goes up to the event loop unchanged, and
     whatever the loop sends or throws back goes down unchanged. This is what a
     task does, minus the task: the body gets its own context at the cost of one
-    ``Context.run`` per step.
+    ``Context.run`` per step. Given a ``frame``, the first step makes it the
+    context's frame, which costs less than setting it around a copy.
     """
     send = coro.send
     throw = coro.throw
     run = context.run
-    value: Any = None
-    error: BaseException | None = None
+    try:
+        yielded = run(send, None) if frame is None else run(_first_step, send, frame)
+    except StopIteration as stop:
+        return stop.value
     while True:
-        try:
-            yielded = run(send, value) if error is None else run(throw, error)
-        except StopIteration as stop:
-            return stop.value
+        value: Any = None
+        error: BaseException | None = None
         try:
             value = yield yielded
-            error = None
         except GeneratorExit:
             run(coro.close)
             raise
         except BaseException as exc:
-            value = None
             error = exc
+        try:
+            yielded = run(send, value) if error is None else run(throw, error)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _first_step(send: Callable[[Any], Any], frame: _Frame) -> Any:
+    _frame.set(frame)
+    return send(None)
 
 
 _CoroutineType: Final = types.CoroutineType

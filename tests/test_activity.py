@@ -37,6 +37,7 @@ from activity import (
     create_activity,
     current_activity,
 )
+from activity._context import _frame
 from activity.pytest_plugin import assert_balanced
 
 pytestmark = pytest.mark.anyio
@@ -323,6 +324,37 @@ class TestSynchronousCallLifecycle:
         assert_balanced(stats)
         assert (stats.accepted, stats.cancelled) == (1, 1)
 
+    async def test_cancelled_by_the_activity_while_a_nested_call_runs(self) -> None:
+        # Both calls run in the caller's task: each is cancelled, each is counted
+        # once, and the caller gets the outer call's CallCancelledError.
+        started = anyio.Event()
+        outcome: list[BaseException] = []
+
+        async def caller(act: Activity) -> None:
+            async def inner() -> None:
+                started.set()
+                await anyio.sleep_forever()
+
+            async def outer() -> None:
+                await act.synchronous_call(inner)
+
+            try:
+                await act.synchronous_call(outer)
+            except CallCancelledError as exc:
+                outcome.append(exc)
+            await anyio.lowlevel.checkpoint()  # not left cancelled
+
+        async with Activity() as act, anyio.create_task_group() as tg:
+            tg.start_soon(caller, act)
+            await started.wait()
+            assert act.statistics().running == 2
+            act.cancel("stop")
+        assert [type(exc) for exc in outcome] == [CallCancelledError]
+        assert "outer" in str(outcome[0])
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.cancelled, stats.running) == (2, 2, 0)
+
     async def test_a_blocking_call_cancelled_by_the_activity(self) -> None:
         gate = ThreadGate()
         outcome: list[BaseException] = []
@@ -446,6 +478,31 @@ class TestSynchronousCallLifecycle:
                 del work, payload
                 assert fn_ref() is None
                 assert payload_ref() is None
+            finally:
+                gc.enable()
+
+    # On trio the frame is the Call itself, freed as the test above shows.
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],
+        ids=["asyncio", "uvloop"],
+    )
+    async def test_its_frame_is_freed_once_it_returns(self) -> None:
+        # What the body sees as its frame starts its own call chain (it is its own
+        # causality): that reference is dropped at the end, so no cycle is left.
+        frames: list[weakref.ref[Any]] = []
+
+        async def work() -> None:
+            frame = _frame.get()
+            assert frame is not None
+            frames.append(weakref.ref(frame))
+            await anyio.lowlevel.checkpoint()
+
+        async with Activity() as act:
+            gc.disable()
+            try:
+                await act.synchronous_call(work)
+                assert frames[0]() is None
             finally:
                 gc.enable()
 

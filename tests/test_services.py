@@ -97,6 +97,43 @@ class TestSynchronization:
             assert await call == "a-inner|b:a-inner"
         assert_balanced(a.statistics())
 
+    async def test_two_synchronous_calls_are_two_chains(self) -> None:
+        # Two callers' synchronous calls of an activity without a domain, each going
+        # on into one with a domain: each call is a chain of its own, so they take
+        # turns in the domain instead of being let in together as one chain.
+        inside: list[int] = []
+        most = 0
+        gate = anyio.Event()
+        entered = anyio.Event()
+
+        async with (
+            Activity(name="plain") as plain,
+            Activity(name="guarded", synchronization=Synchronization.NEW) as guarded,
+        ):
+
+            async def guarded_work(i: int) -> None:
+                nonlocal most
+                inside.append(i)
+                most = max(most, len(inside))
+                entered.set()
+                await gate.wait()
+                inside.remove(i)
+
+            async def plain_work(i: int) -> None:
+                await guarded.synchronous_call(guarded_work, i)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(2):
+                    tg.start_soon(plain.synchronous_call, plain_work, i)
+                await entered.wait()
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                assert len(inside) == 1  # the other chain waits at the domain
+                gate.set()
+        assert most == 1
+        assert_balanced(plain.statistics())
+        assert guarded.statistics().completed == 2
+
     async def test_reentry_through_a_worker_thread(self) -> None:
         async with Activity(name="A", max_concurrency=1, synchronization=Synchronization.NEW) as a:
 
