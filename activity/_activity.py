@@ -849,7 +849,7 @@ class Activity:
         )
         call._observed = True  # its caller is told of its failure
         call._cancel_requested = inline._cancel_requested
-        call._cancel_reason = inline._cancel_reason
+        call._note_cancel_reason(inline._cancel_reason)
         inline._task = None
         inline._causality = None
         self._inline_calls.discard(inline)
@@ -990,15 +990,15 @@ class Activity:
         # chain is itself): cleared, the call is freed by reference counting alone.
         call._context = None
         call._causality = None
-        event = call._event
-        if event is not None:
-            event.set()
+        extras = call._extras
+        if extras is not None and extras.event is not None:
+            extras.event.set()
         if status is FAILED:
             assert exc is not None
             self._on_failure(call, exc)
-        callbacks = call._callbacks
-        if callbacks is not None:
-            call._callbacks = None
+        if extras is not None and extras.callbacks is not None:
+            callbacks = extras.callbacks
+            extras.callbacks = None
             for callback in callbacks:
                 self._invoke_handler(callback, call)
         if tracking._listeners:
@@ -1015,7 +1015,8 @@ class Activity:
                 self._unobserved[call._id] = call
             return
         observed = False
-        target = call._error_target
+        extras = call._extras
+        target = None if extras is None else extras.error_target
         if target is not None:
             self._invoke_handler(target.on_error, exc)
             observed = True
@@ -1064,21 +1065,19 @@ class Activity:
     def _cancel_call(self, call: Call[Any], reason: str | None) -> bool:
         status = call._status
         if status is PENDING:
-            if call._cancel_reason is None:
-                call._cancel_reason = reason
+            call._note_cancel_reason(reason)
             call._cancel_requested = True
             self._finish(call, CANCELLED, None, None)
             return True
         if status is RUNNING:
-            if call._cancel_reason is None:
-                call._cancel_reason = reason
+            call._note_cancel_reason(reason)
             self._dispatcher.cancel_running(call)  # type: ignore[union-attr]
             return True
         return False
 
     def _cancel_all(self, reason: str | None) -> None:
         for call in self._admission.take_pending_of(self):
-            call._cancel_reason = reason
+            call._note_cancel_reason(reason)
             call._cancel_requested = True
             self._finish(call, CANCELLED, None, None)
         for call in list(self._running_calls):
@@ -1087,7 +1086,8 @@ class Activity:
             inline.cancel(reason)
 
     def _cancelled_error(self, call: Call[Any]) -> CallCancelledError:
-        reason = call._cancel_reason or self._cancel_reason
+        extras = call._extras
+        reason = (None if extras is None else extras.cancel_reason) or self._cancel_reason
         because = f": {reason}" if reason else ""
         return CallCancelledError(f"call {call.name!r} was cancelled{because}")
 
@@ -1121,11 +1121,12 @@ class Activity:
         return await dispatcher.wait_event(event, timeout)
 
     async def _wait_call(self, call: Call[Any]) -> None:
-        event = call._event
+        extras = call._more()
+        event = extras.event
         if event is None:
             dispatcher = self._dispatcher
             assert dispatcher is not None
-            event = call._event = dispatcher.new_event()
+            event = extras.event = dispatcher.new_event()
         await event.wait()
 
     # -- checks -----------------------------------------------------------------------------

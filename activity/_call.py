@@ -64,6 +64,26 @@ BLOCKING: Final = Kind.BLOCKING
 _ids = itertools.count(1)
 
 
+class CallExtras:
+    """What few calls have, kept apart so that the others do not pay for it.
+
+    A name or a timeout given at submission, an ``on_error`` target, the timer
+    of the timeout, the event that waiters wait on, done callbacks, the reason
+    of a cancellation.
+    """
+
+    __slots__ = ("callbacks", "cancel_reason", "error_target", "event", "name", "timeout", "timer")
+
+    def __init__(self, error_target: Any, name: str | None, timeout: float | None) -> None:
+        self.error_target = error_target
+        self.name = name
+        self.timeout = timeout
+        self.timer: Any = None
+        self.event: Event | None = None
+        self.callbacks: list[Callable[[Call[Any]], object]] | None = None
+        self.cancel_reason: str | None = None
+
+
 @final
 class Call(Generic[T_co]):
     """The handle of one call accepted by :meth:`Activity.asynchronous_call`.
@@ -85,54 +105,42 @@ class Call(Generic[T_co]):
     __slots__ = (
         "_activity",
         "_args",
-        "_callbacks",
-        "_cancel_reason",
         "_cancel_requested",
         "_causality",
         "_context",
-        "_error_target",
-        "_event",
         "_exception",
+        "_extras",
         "_fn",
         "_future",
         "_holds_slot",
         "_id",
         "_kind",
-        "_name",
         "_observed",
         "_origin",
         "_result",
         "_status",
         "_synchronous",
         "_timed_out",
-        "_timeout",
-        "_timer",
     )
 
     _activity: Activity
     _args: tuple[Any, ...]
-    _callbacks: list[Callable[[Call[Any]], object]] | None
-    _cancel_reason: str | None
     _cancel_requested: bool
     _causality: object
     _context: Context | None
-    _error_target: Any
-    _event: Event | None
     _exception: BaseException | None
+    _extras: CallExtras | None
     _fn: Any
     _future: Any
     _holds_slot: bool
     _id: int
     _kind: Kind
-    _name: str | None
     _observed: bool
     _origin: Activity | None
     _result: Any
     _status: CallStatus
     _synchronous: bool
     _timed_out: bool
-    _timeout: float | None
-    _timer: Any
 
     def __init__(self) -> None:
         raise TypeError("Call objects are created by Activity.asynchronous_call(), not directly")
@@ -157,13 +165,14 @@ class Call(Generic[T_co]):
         self._activity = activity
         self._origin = origin
         self._causality = self
-        self._callbacks = None
         self._kind = kind
         self._fn = fn
         self._args = args
-        self._error_target = error_target
-        self._name = name
-        self._timeout = timeout
+        self._extras = (
+            None
+            if error_target is None and name is None and timeout is None
+            else CallExtras(error_target, name, timeout)
+        )
         self._context = None
         self._synchronous = synchronous
         self._id = next(_ids)
@@ -171,14 +180,25 @@ class Call(Generic[T_co]):
         self._result = None
         self._exception = None
         self._observed = False
-        self._event = None
         self._future = None
-        self._timer = None
         self._holds_slot = holds_slot
         self._cancel_requested = False
-        self._cancel_reason = None
         self._timed_out = False
         return self
+
+    def _note_cancel_reason(self, reason: str | None) -> None:
+        """Keep the first reason given for cancelling the call."""
+        if reason is not None:
+            extras = self._more()
+            if extras.cancel_reason is None:
+                extras.cancel_reason = reason
+
+    def _more(self) -> CallExtras:
+        """The call's extras, made on first need."""
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = CallExtras(None, None, None)
+        return extras
 
     # -- read-only state ------------------------------------------------------------
 
@@ -190,8 +210,9 @@ class Call(Generic[T_co]):
     @property
     def name(self) -> str:
         """The name given at submission, or one made from the function's name."""
-        if self._name is not None:
-            return self._name
+        extras = self._extras
+        if extras is not None and extras.name is not None:
+            return extras.name
         fn = self._fn
         if fn is None:
             return f"call-{self._id}"
@@ -298,10 +319,12 @@ class Call(Generic[T_co]):
             )
         if self._status in FINISHED:
             self._activity._invoke_handler(callback, self)
-        elif self._callbacks is None:
-            self._callbacks = [callback]
         else:
-            self._callbacks.append(callback)
+            extras = self._more()
+            if extras.callbacks is None:
+                extras.callbacks = [callback]
+            else:
+                extras.callbacks.append(callback)
 
     def _future_done(self, future: Any) -> None:
         dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)

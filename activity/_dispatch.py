@@ -177,7 +177,9 @@ def _outcome_of_result(call: Call[Any], result: Any) -> Outcome:
 
 def timeout_error(call: Call[Any]) -> CallTimeoutError:
     """The failure of a call whose run outlived its timeout."""
-    return CallTimeoutError(f"call {call.name!r} did not finish within {call._timeout} s")
+    extras = call._extras
+    timeout = None if extras is None else extras.timeout
+    return CallTimeoutError(f"call {call.name!r} did not finish within {timeout} s")
 
 
 def _signal_from_thread(
@@ -567,8 +569,9 @@ class AsyncioDispatcher:
             self._start_task(call, coro, context)
         else:
             self._start_task(call, self._run_wrapped(call), context)
-        if call._timeout is not None:
-            call._timer = loop.call_later(call._timeout, self._on_timeout, call)
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
 
     def _start_task(
         self, call: Call[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context
@@ -618,10 +621,10 @@ class AsyncioDispatcher:
 
     @staticmethod
     def _outcome(call: Call[Any], future: asyncio.Future[Any] | WorkItem) -> Outcome:
-        timer = call._timer
-        if timer is not None:
-            timer.cancel()
-            call._timer = None
+        extras = call._extras
+        if extras is not None and extras.timer is not None:
+            extras.timer.cancel()
+            extras.timer = None
         call._future = None
         if future.cancelled():
             return _cancelled_outcome(call)
@@ -660,7 +663,7 @@ class AsyncioDispatcher:
             self._activity._finish(call, *_cancelled_outcome(call))
 
     def _on_timeout(self, call: Call[Any]) -> None:
-        call._timer = None
+        call._more().timer = None
         if call._status is RUNNING and call._future is not None:
             call._timed_out = True
             self._cancel_future(call)
@@ -676,8 +679,9 @@ class AsyncioDispatcher:
         context = call._context
         assert context is not None
         call._future = task
-        if call._timeout is not None:
-            call._timer = loop.call_later(call._timeout, self._on_timeout, call)
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
         domain = self._activity._domain
         try:
             if domain is not None:
@@ -704,10 +708,9 @@ class AsyncioDispatcher:
             return FAILED, None, exc
         finally:
             call._future = None
-            timer = call._timer
-            if timer is not None:
-                timer.cancel()
-                call._timer = None
+            if extras is not None and extras.timer is not None:
+                extras.timer.cancel()
+                extras.timer = None
         if (call._cancel_requested or call._timed_out) and task.cancelling():
             # The body swallowed the cancellation we asked for and returned.
             task.uncancel()
@@ -872,8 +875,9 @@ class TrioDispatcher:
             activity._finish(call, CANCELLED, None, None)
             return CANCELLED, None, None
         scope = self._cancel_scope()
-        if call._timeout is not None:
-            scope.deadline = self._current_time() + call._timeout
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            scope.deadline = self._current_time() + extras.timeout
         call._future = scope
         if call._cancel_requested:
             scope.cancel()
