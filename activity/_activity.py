@@ -707,45 +707,60 @@ class Activity:
                 if not reentrant:
                     admission.slots += 1
                 loop = self._loop
-                if loop is not None and not blocking:
-                    # asyncio, a coroutine: its frame is an InlineCall, which becomes a
-                    # Call only if the call ends otherwise than completed, unobserved.
+                if not blocking:
+                    # A coroutine: its frame is an InlineCall, which becomes a Call
+                    # only if the call ends otherwise than completed, unobserved.
                     inline = InlineCall(self, origin, None if frame is None else frame._causality)
                     inline_calls = self._inline_calls
                     inline_calls.add(inline)
-                    # With the loop given, current_task() skips looking the loop up (3x faster).
-                    task = inline._task = current_task(loop)
-                    try:
-                        result = await drive_in_context(fn(*args), copy_context(), inline)
-                    except asyncio.CancelledError:
-                        call = self._promote(inline, fn, args, reentrant)
-                        self._finish(call, CANCELLED, None, None)
-                        if call._cancel_requested and task.uncancel() == 0:  # type: ignore[union-attr]
-                            raise self._cancelled_error(call) from None
-                        raise
-                    except BaseException as error:
-                        self._finish(
-                            self._promote(inline, fn, args, reentrant), FAILED, None, error
-                        )
-                        raise
+                    if loop is None:
+                        # trio: the body runs in a cancel scope of its own, which is
+                        # what the activity cancels.
+                        trio_dispatcher = cast("TrioDispatcher", self._dispatcher)
+                        scope = inline._task = trio_dispatcher._cancel_scope()
+                        result = None  # unless the scope catches the cancellation
+                        try:
+                            with scope:
+                                result = await drive_in_context(fn(*args), copy_context(), inline)
+                        except BaseException as error:
+                            call = self._promote(inline, fn, args, reentrant)
+                            if isinstance(error, trio_dispatcher._cancelled_exc):
+                                self._finish(call, CANCELLED, None, None)  # from outside
+                            else:
+                                self._finish(call, FAILED, None, error)
+                            raise
+                        if scope.cancelled_caught:
+                            call = self._promote(inline, fn, args, reentrant)
+                            return self._end_inline(call, CANCELLED, None, None)
+                    else:
+                        # With the loop given, current_task() skips looking the loop
+                        # up (3x faster).
+                        task = inline._task = current_task(loop)
+                        try:
+                            result = await drive_in_context(fn(*args), copy_context(), inline)
+                        except asyncio.CancelledError:
+                            call = self._promote(inline, fn, args, reentrant)
+                            self._finish(call, CANCELLED, None, None)
+                            if call._cancel_requested and task.uncancel() == 0:  # type: ignore[union-attr]
+                                raise self._cancelled_error(call) from None
+                            raise
+                        except BaseException as error:
+                            self._finish(
+                                self._promote(inline, fn, args, reentrant), FAILED, None, error
+                            )
+                            raise
+                        if inline._cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                            task.uncancel()  # type: ignore[union-attr]
                     inline._task = None
-                    if inline._cancel_requested and task.cancelling():  # type: ignore[union-attr]
-                        task.uncancel()  # type: ignore[union-attr]
                     if tracking._listeners or type(result) in _CHECKED_RESULTS:
                         call = self._promote(inline, fn, args, reentrant)
                         return self._end_inline(call, *_outcome_of_result(call, result))
                     inline._causality = None  # itself, when it started the chain
                     inline_calls.discard(inline)
                 else:
+                    # A plain function, for the worker threads.
                     call = Call._create(
-                        self,
-                        BLOCKING if blocking else COROUTINE_FUNCTION,
-                        fn,
-                        args,
-                        origin,
-                        True,
-                        RUNNING,
-                        not reentrant,
+                        self, BLOCKING, fn, args, origin, True, RUNNING, not reentrant
                     )
                     call._observed = True  # its caller is told of its failure
                     if frame is not None and frame._causality is not None:
@@ -756,7 +771,8 @@ class Activity:
                     running_calls = self._running_calls
                     running_calls.add(call)
                     if loop is None:
-                        # trio: the dispatcher runs the body in a cancel scope of its own.
+                        # trio: the dispatcher hands it to anyio's worker threads, in a
+                        # cancel scope of its own.
                         status, result, failure = await self._dispatcher.run_inline(call)  # type: ignore[union-attr]
                         if (
                             status is not COMPLETED
@@ -765,7 +781,7 @@ class Activity:
                         ):
                             return self._end_inline(call, status, result, failure)
                     else:
-                        # asyncio, a plain function: to the lent thread pool.
+                        # asyncio: the lent thread pool.
                         task = call._future = current_task(loop)
                         try:
                             dispatcher = cast("AsyncioDispatcher", self._dispatcher)

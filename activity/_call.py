@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable, Generator
     from contextvars import Context
 
@@ -348,6 +347,10 @@ Call.__module__ = "activity"
 CallStatus.__module__ = "activity"
 
 
+class _Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
 @final
 class InlineCall:
     """A ``synchronous_call`` whose coroutine body runs in its caller's task on asyncio.
@@ -376,12 +379,14 @@ class InlineCall:
         self._origin = origin
         # The chain the caller belongs to, or one the call starts.
         self._causality: object | None = self if causality is None else causality
-        self._task: asyncio.Task[Any] | None = None
+        #: What cancel() cancels: the caller's asyncio task, or on trio the body's
+        #: cancel scope.
+        self._task: _Cancellable | None = None
         self._cancel_requested = False
         self._cancel_reason: str | None = None
 
     def cancel(self, reason: str | None) -> None:
-        """Cancel the body: its task is cancelled, which ends the call as CANCELLED."""
+        """Cancel the body (its task, or its cancel scope), which ends the call as CANCELLED."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
         self._cancel_requested = True

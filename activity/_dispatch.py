@@ -30,9 +30,10 @@ coroutine is driven step by step inside the call's context by
 :func:`drive_in_context`, so it sees its own copy of the context (and its
 ``ContextVar`` writes stay there) without the cost of a new task. Its common
 case (a function that may start at once, no domain, no timeout) is handled
-by ``Activity.synchronous_call`` itself, without the dispatcher's round trip;
-on asyncio the frame of such a coroutine call is a light ``InlineCall``, made
-a ``Call`` only if the call ends otherwise than completed.
+by ``Activity.synchronous_call`` itself, without the dispatcher's round trip:
+the frame of such a coroutine call is a light ``InlineCall``, made a ``Call``
+only if the call ends otherwise than completed (on trio the body runs in a
+trio cancel scope of its own).
 
 :class:`Apartment` is COM+'s single-threaded apartment: an activity's blocking
 calls run one at a time on a thread of its own, started lazily and named after

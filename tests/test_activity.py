@@ -481,12 +481,6 @@ class TestSynchronousCallLifecycle:
             finally:
                 gc.enable()
 
-    # On trio the frame is the Call itself, freed as the test above shows.
-    @pytest.mark.parametrize(
-        "anyio_backend",
-        [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],
-        ids=["asyncio", "uvloop"],
-    )
     async def test_its_frame_is_freed_once_it_returns(self) -> None:
         # What the body sees as its frame starts its own call chain (it is its own
         # causality): that reference is dropped at the end, so no cycle is left.
