@@ -433,12 +433,26 @@ class Workers:
             if number:
                 self._threads = number
         if number:
-            thread = threading.Thread(target=self._serve, name=f"{self._name}_{number}")
-            # A daemon: an abandoned call that never returns must not keep the process alive.
-            thread.daemon = True
-            thread.start()
+            try:
+                self._start_thread(number)
+            except BaseException:
+                # No new thread (the system's limit): the pool's others take the
+                # item when one is free; with none, nothing is left counted.
+                with self._lock:
+                    self._threads -= 1
+                    alone = self._threads == 0
+                    if alone:
+                        self._busy -= 1
+                if alone:
+                    raise
         self._queue.put(item)
         return item
+
+    def _start_thread(self, number: int) -> None:
+        thread = threading.Thread(target=self._serve, name=f"{self._name}_{number}")
+        # A daemon: an abandoned call that never returns must not keep the process alive.
+        thread.daemon = True
+        thread.start()
 
     def _serve(self) -> None:
         get = self._queue.get
@@ -550,9 +564,13 @@ class AsyncioDispatcher:
             if plain and self._apartment is None and not activity._bound_to_loop:
                 # No asyncio future in between: the work item's done callback asks
                 # the loop to finish the call (thread_done), one hop instead of two.
-                call._future = self._lent_workers().submit(
-                    context.run, call._fn, call._args, call._thread_done
-                )
+                try:
+                    call._future = self._lent_workers().submit(
+                        context.run, call._fn, call._args, call._thread_done
+                    )
+                except BaseException as exc:  # no worker thread could be started
+                    loop.call_soon(activity._finish, call, FAILED, None, exc)
+                    return
             else:
                 self._start_task(call, self._run_wrapped(call), context)
         elif plain:

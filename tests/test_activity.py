@@ -34,10 +34,12 @@ from activity import (
     InvalidArgumentError,
     Overflow,
     WrongThreadError,
+    _dispatch,
     create_activity,
     current_activity,
 )
 from activity._context import _frame
+from activity._dispatch import Workers
 from activity.pytest_plugin import assert_balanced
 
 pytestmark = pytest.mark.anyio
@@ -1009,6 +1011,30 @@ class TestThreads:
 
 class TestBlockingCallEnds:
     """A blocking call ends once, however it ends, and its thread's late result is ignored."""
+
+    # On trio, worker threads are anyio's.
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],
+        ids=["asyncio", "uvloop"],
+    )
+    async def test_no_thread_can_start(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def refuse(workers: Workers, number: int) -> None:
+            raise RuntimeError("can't start new thread")
+
+        # A pool of its own (not one another test handed back, whose threads run).
+        monkeypatch.setattr(_dispatch, "borrow_workers", Workers)
+        monkeypatch.setattr(Workers, "_start_thread", refuse)
+        async with Activity() as act:
+            call = await act.asynchronous_call(abs, -1)
+            await call.wait()
+            assert call.status is CallStatus.FAILED
+            assert isinstance(call.exception(), RuntimeError)
+            with pytest.raises(RuntimeError, match="new thread"):
+                await act.synchronous_call(abs, -2)
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.accepted, stats.failed, stats.running) == (2, 2, 0)
 
     async def test_cancelled_while_its_thread_runs(self) -> None:
         gate = ThreadGate()

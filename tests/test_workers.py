@@ -214,3 +214,47 @@ class TestWorkers:
             assert pool._threads <= 4
         finally:
             pool.shutdown()
+
+
+def refuse_thread(workers: Workers, number: int) -> None:
+    """Workers._start_thread when the system has no thread to give."""
+    raise RuntimeError("can't start new thread")
+
+
+class TestThreadsThatCannotStart:
+    def test_with_no_thread_nothing_is_left_counted(
+        self, workers: Workers, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(Workers, "_start_thread", refuse_thread)
+            with pytest.raises(RuntimeError, match="new thread"):
+                workers.submit(run, id, (1,), Told())
+        assert workers.idle
+        assert workers._threads == 0
+        told = Told()
+        item = workers.submit(run, abs, (-2,), told)  # threads start again once they can
+        assert told.all_told.wait(WAIT)
+        assert item.result() == 2
+
+    def test_the_pools_other_threads_take_the_work(
+        self, workers: Workers, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        started, release = threading.Event(), threading.Event()
+        first_told, second_told = Told(), Told()
+
+        def park() -> str:
+            started.set()
+            release.wait(WAIT)
+            return "first"
+
+        first = workers.submit(run, park, (), first_told)
+        assert started.wait(WAIT)
+        with monkeypatch.context() as patch:
+            patch.setattr(Workers, "_start_thread", refuse_thread)
+            second = workers.submit(run, abs, (-3,), second_told)  # queued, not refused
+        assert workers._threads == 1
+        release.set()
+        assert first_told.all_told.wait(WAIT)
+        assert second_told.all_told.wait(WAIT)
+        assert (first.result(), second.result()) == ("first", 3)
+        assert workers.idle
