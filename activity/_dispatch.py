@@ -51,6 +51,7 @@ import contextvars
 import functools
 import itertools
 import math
+import os
 import queue
 import threading
 import types
@@ -489,6 +490,17 @@ _idle_pools: dict[int, list[Workers]] = {}
 _idle_pools_lock = threading.Lock()
 #: Idle pools kept per thread limit; more are shut down.
 _MAX_IDLE_POOLS = 8
+
+
+def _forget_idle_pools() -> None:
+    """In a forked child: the idle pools' threads stayed in the parent."""
+    global _idle_pools_lock  # it may have been held at the fork
+    _idle_pools_lock = threading.Lock()
+    _idle_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_idle_pools)
 
 
 def borrow_workers(limit: int) -> Workers:

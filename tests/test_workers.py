@@ -1,16 +1,21 @@
-"""The lent thread pool and its work items, on their own (no loop involved)."""
+"""The lent thread pool and its work items, on their own (mostly without a loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import os
 import threading
 from typing import Any
 
 import pytest
 
+from activity import Activity, _dispatch
 from activity._dispatch import Workers, WorkItem
 
 WAIT = 30  # seconds a test may wait for a thread before it fails instead of hanging
+#: A thread limit no other test uses, so that the pool handed back is this test's.
+FORK_LIMIT = 11
 
 
 def run(fn: Any, *args: Any) -> Any:
@@ -258,3 +263,25 @@ class TestThreadsThatCannotStart:
         assert second_told.all_told.wait(WAIT)
         assert (first.result(), second.result()) == ("first", 3)
         assert workers.idle
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
+def test_a_forked_child_does_not_borrow_the_parents_idle_threads() -> None:
+    async def blocking_call() -> int:
+        async with Activity(thread_limit=FORK_LIMIT) as act:
+            return await act.synchronous_call(abs, -7)
+
+    # Used and handed back idle in the parent: its threads wait on its queue.
+    assert asyncio.run(blocking_call()) == 7
+    assert _dispatch._idle_pools.get(FORK_LIMIT)
+    pid = os.fork()
+    if pid == 0:  # the child: with the parent's pool it would wait forever
+        code = 1
+        try:
+            result = asyncio.run(asyncio.wait_for(blocking_call(), WAIT))
+            code = 0 if result == 7 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
