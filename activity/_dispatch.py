@@ -270,10 +270,16 @@ class WorkItem:
         self._args = ()
         assert run is not None
         try:
-            self._result = run(fn, *args)
+            result = run(fn, *args)
         except BaseException as exc:
             self._exception = exc
+            self._state = _FINISHED
+            # The traceback keeps this frame: it must not keep the item (a cycle
+            # through the exception) nor the body and its arguments.
+            del self, run, fn, args
+            return
         del run, fn, args
+        self._result = result
         self._state = _FINISHED
 
     def notify(self) -> None:

@@ -84,6 +84,30 @@ class TestWorkItem:
             item.result()
         assert info.value is boom
 
+    def test_a_failures_traceback_keeps_neither_the_item_nor_the_arguments(
+        self, workers: Workers
+    ) -> None:
+        told = Told()
+        payload = object()
+
+        def fail(_: object) -> None:
+            raise ValueError("boom")
+
+        item = workers.submit(run, fail, (payload,), told)
+        assert told.all_told.wait(WAIT)
+        exc = item.exception()
+        assert exc is not None
+        tb = exc.__traceback__
+        held: list[object] = []
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == _dispatch.__file__:  # the pool's frames
+                held.extend(tb.tb_frame.f_locals.values())
+            tb = tb.tb_next
+        assert not any(
+            value is item or value is payload or (type(value) is tuple and payload in value)
+            for value in held
+        )
+
     def test_stop_iteration_is_an_ordinary_failure(self, workers: Workers) -> None:
         told = Told()
 
