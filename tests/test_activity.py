@@ -1146,6 +1146,78 @@ class TestThreadReuse:
             release.set()
 
 
+async def test_storm_of_blocking_and_synchronous_calls_adds_up() -> None:
+    """Many callers at once, on few threads: every call ends as its kind says."""
+    rng = random.Random(4321)
+    done: dict[str, int] = {}
+    caller_cancelled = 0
+
+    def blocking(i: int) -> int:
+        return i
+
+    def blocking_failure(i: int) -> int:
+        raise ValueError(i)
+
+    async with Activity(
+        max_concurrency=20, max_pending=5_000, thread_limit=4, shutdown_timeout=30
+    ) as act:
+
+        async def caller(calls: int) -> None:
+            nonlocal caller_cancelled
+            for j in range(calls):
+                kind = rng.choice(["coro", "coro fails", "thread", "thread fails", "cancelled"])
+                if kind == "coro":
+                    assert await act.synchronous_call(echo, j) == j
+                elif kind == "coro fails":
+                    with pytest.raises(ValueError, match="boom"):
+                        await act.synchronous_call(boom)
+                elif kind == "thread":
+                    assert await act.synchronous_call(blocking, j) == j
+                elif kind == "thread fails":
+                    with pytest.raises(ValueError, match=f"^{j}$"):
+                        await act.synchronous_call(blocking_failure, j)
+                else:  # the caller gives up while the call runs
+                    with anyio.CancelScope() as scope:
+                        scope.cancel()
+                        await act.synchronous_call(echo, j)
+                    assert scope.cancelled_caught
+                    caller_cancelled += 1
+                done[kind] = done.get(kind, 0) + 1
+
+        calls: list[tuple[str, Call[Any]]] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(caller, 100)
+            for i in range(2_000):
+                kind = rng.choice(["ok", "fails", "cancel"])
+                call = await act.asynchronous_call(
+                    blocking_failure if kind == "fails" else blocking, i
+                )
+                if kind == "cancel":
+                    call.cancel()  # queued, in the pool's queue, or already run
+                calls.append((kind, call))
+                if i % 50 == 0:
+                    await anyio.lowlevel.checkpoint()
+                assert_balanced(act.statistics())
+        for kind, call in calls:
+            await call.wait()
+            if kind == "ok":
+                assert call.status is CallStatus.COMPLETED
+            elif kind == "fails":
+                assert isinstance(call.exception(), ValueError)
+            else:  # a cancellation that comes after the thread's end is too late
+                assert call.status in (CallStatus.CANCELLED, CallStatus.COMPLETED)
+    stats = act.statistics()
+    assert_balanced(stats)
+    assert sum(done.values()) == 1_000
+    assert stats.accepted == 3_000
+    failed = done.get("coro fails", 0) + done.get("thread fails", 0)
+    assert stats.failed == failed + sum(1 for kind, _ in calls if kind == "fails")
+    cancelled = sum(1 for _, call in calls if call.status is CallStatus.CANCELLED)
+    assert stats.cancelled == caller_cancelled + cancelled
+    assert stats.pending == stats.running == 0
+
+
 async def test_storm_of_mixed_calls_adds_up() -> None:
     """10,000 mixed calls: every accepted one ends as its kind says, and the counters add up."""
     rng = random.Random(1234)
