@@ -240,7 +240,7 @@ class WorkItem:
     a call awaited one at a time pays between the thread's wake-ups.
     """
 
-    __slots__ = ("_args", "_exception", "_fn", "_on_done", "_result", "_run", "_state")
+    __slots__ = ("_args", "_exception", "_fn", "_on_done", "_release", "_result", "_run", "_state")
 
     def __init__(
         self,
@@ -253,18 +253,23 @@ class WorkItem:
         self._fn = fn
         self._args = args
         self._on_done = on_done
+        #: What its pool counts free when the item is cancelled before it starts.
+        self._release: Callable[[], None] | None = None
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
 
-    def execute(self) -> None:
-        """Run the body in this thread, unless it was cancelled first; :meth:`notify` follows."""
+    def execute(self) -> bool:
+        """Run the body in this thread, unless it was cancelled first; return whether it ran.
+
+        :meth:`notify` follows, once the thread has counted itself free.
+        """
         with _claim:
             started = self._state == _PENDING
             if started:
                 self._state = _RUNNING
         if not started:
-            return  # cancelled while queued: cancel() has told on_done
+            return False  # cancelled while queued: cancel() has released it and told on_done
         run, fn, args = self._run, self._fn, self._args
         self._run = self._fn = None
         self._args = ()
@@ -277,10 +282,11 @@ class WorkItem:
             # The traceback keeps this frame: it must not keep the item (a cycle
             # through the exception) nor the body and its arguments.
             del self, run, fn, args
-            return
+            return True
         del run, fn, args
         self._result = result
         self._state = _FINISHED
+        return True
 
     def notify(self) -> None:
         """Tell ``on_done`` (once) that the work has ended."""
@@ -298,6 +304,9 @@ class WorkItem:
         if state == _PENDING:
             self._run = self._fn = None
             self._args = ()
+            release = self._release
+            if release is not None:
+                release()  # no thread will run it: free its place in the pool's count now
             self.notify()
             return True
         return state == _CANCELLED
@@ -343,8 +352,8 @@ class _StaThread:
     def _serve(self) -> None:
         get = self.queue.get
         while (item := get()) is not None:
-            item.execute()
-            item.notify()
+            if item.execute():
+                item.notify()
             del item
 
     def stop(self) -> None:
@@ -433,6 +442,7 @@ class Workers:
     ) -> WorkItem:
         """Run ``run(fn, *args)`` on a thread of the pool; ``on_done`` is told when it ends."""
         item = WorkItem(run, fn, args, on_done)
+        item._release = self._release_one
         with self._lock:
             self._busy += 1
             # While busy <= threads, every queued item has an idle thread to take it.
@@ -463,13 +473,15 @@ class Workers:
 
     def _serve(self) -> None:
         get = self._queue.get
-        lock = self._lock
         while (item := get()) is not None:
-            item.execute()
-            with lock:
-                self._busy -= 1  # counted free first: the loop may return the pool once told
-            item.notify()
+            if item.execute():
+                self._release_one()  # counted free first: the loop may return the pool once told
+                item.notify()
             del item
+
+    def _release_one(self) -> None:
+        with self._lock:
+            self._busy -= 1
 
     @property
     def idle(self) -> bool:
@@ -484,9 +496,7 @@ class Workers:
             except queue.Empty:
                 break
             if item is not None:
-                with self._lock:
-                    self._busy -= 1
-                item.cancel()
+                item.cancel()  # which frees its place in the count, unless it already has
         for _ in range(self._threads):
             self._queue.put(None)
 

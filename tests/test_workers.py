@@ -128,7 +128,7 @@ class TestWorkItem:
         assert item.done()
         assert told.items == [item]  # told once, from the cancelling thread
         assert told.threads == [threading.current_thread().name]
-        item.execute()  # a thread that takes it afterwards does not run it
+        assert not item.execute()  # a thread that takes it afterwards does not run it
         item.notify()
         assert ran == []
         assert told.items == [item]
@@ -197,6 +197,27 @@ class TestWorkers:
             assert item.result().name.endswith("_1")
             assert workers._threads == 1, expected
         assert workers.idle
+
+    def test_work_cancelled_in_the_queue_is_counted_free_at_once(self, workers: Workers) -> None:
+        # So that a pool handed back right after is idle, and lent again.
+        started, release = threading.Event(), threading.Event()
+        told = Told()
+        told.expected = 3
+
+        def park() -> None:
+            started.set()
+            release.wait(WAIT)
+
+        running = [workers.submit(run, park, (), told) for _ in range(3)]
+        assert started.wait(WAIT)
+        queued = workers.submit(run, park, (), Told())  # the limit is 3: it waits
+        assert workers._busy == 4
+        assert queued.cancel()
+        assert workers._busy == 3
+        release.set()
+        assert told.all_told.wait(WAIT)
+        assert all(item.done() for item in running)
+        assert workers.idle  # the cancelled item, still in the queue, is not counted
 
     def test_shutdown_cancels_queued_work_and_ends_the_threads(self) -> None:
         pool = Workers(1)
