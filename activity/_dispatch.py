@@ -747,9 +747,7 @@ class AsyncioDispatcher:
         except asyncio.CancelledError as exc:
             ours = call._cancel_requested or call._timed_out
             if ours and task.uncancel() == 0:
-                if call._timed_out and not call._cancel_requested:
-                    return FAILED, None, timeout_error(call)
-                return CANCELLED, None, None
+                return _cancelled_outcome(call)
             return CANCELLED, None, exc
         except BaseException as exc:
             return FAILED, None, exc
