@@ -28,17 +28,21 @@ import json
 import math
 import os
 import platform
+import queue
 import statistics
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from ._activity import Activity
+from ._dispatch import drive_in_context
 
 if TYPE_CHECKING:
     _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -292,6 +296,22 @@ async def _bare_sync_call(calls: int) -> float:
     return time.perf_counter() - start
 
 
+async def _isolated_sync_call(calls: int) -> float:
+    """The bare await, in a copy of the context of its own: what isolation alone costs.
+
+    A coroutine awaited in its caller's task sees its own context only if each
+    of its steps runs in it; this is the least that DESIGN's context rule
+    (every call in a copy of its submitter's context) costs, with none of the
+    activity's bookkeeping.
+    """
+    semaphore = asyncio.Semaphore(LIMIT)
+    start = time.perf_counter()
+    for _ in range(calls):
+        async with semaphore:
+            await drive_in_context(_yield_once(), copy_context())
+    return time.perf_counter() - start
+
+
 async def _workers(calls: int, call: Thunk) -> None:
     """Keep ``LIMIT`` calls in flight: one task per place, each awaiting a call at a time."""
     todo = iter(range(calls))
@@ -372,6 +392,36 @@ async def _anyio_blocking_serial(calls: int) -> float:
     for _ in range(calls):
         await anyio.to_thread.run_sync(_blocking_noop)
     return time.perf_counter() - start
+
+
+async def _queue_thread_blocking_serial(calls: int) -> float:
+    """One thread fed by a ``SimpleQueue``: the least an awaited trip to a thread costs.
+
+    Nothing but the two wake-ups (the thread's, then the loop's) and a future:
+    no context copied, no limit, no cancellation. No implementation of an
+    awaited blocking call can be faster than this on the same machine.
+    """
+    loop = asyncio.get_running_loop()
+    work: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (future := work.get()) is not None:
+            _blocking_noop()
+            loop.call_soon_threadsafe(future.set_result, None)
+
+    thread = threading.Thread(target=serve, name="bench-queue-thread", daemon=True)
+    thread.start()
+    try:
+        start = time.perf_counter()
+        for _ in range(calls):
+            future: asyncio.Future[None] = loop.create_future()
+            work.put(future)
+            await future
+        elapsed = time.perf_counter() - start
+    finally:
+        work.put(None)
+        thread.join()
+    return elapsed
 
 
 class _Traced:
@@ -577,6 +627,21 @@ async def _trio_bare_sync_call(calls: int) -> float:
     return time.perf_counter() - start
 
 
+async def _trio_isolated_sync_call(calls: int) -> float:
+    """:func:`_isolated_sync_call` on trio."""
+    import trio
+
+    async def body() -> None:
+        await trio.lowlevel.checkpoint()
+
+    semaphore = trio.Semaphore(LIMIT)
+    start = time.perf_counter()
+    for _ in range(calls):
+        async with semaphore:
+            await drive_in_context(body(), copy_context())
+    return time.perf_counter() - start
+
+
 async def _trio_activity_memory_queued(calls: int) -> float:
     import trio
     import trio.testing
@@ -637,21 +702,41 @@ async def _trio_activity_memory_running(calls: int) -> float:
     return held
 
 
-async def _trio_bare_memory_running(calls: int) -> float:
+async def _trio_tasks_memory_running(calls: int, scoped: bool) -> float:
+    """Bytes held per bare trio task parked on an event, each in a cancel scope if ``scoped``."""
     import trio
     import trio.testing
 
     release = trio.Event()
     traced = _Traced()
+
+    async def in_scope() -> None:
+        with trio.CancelScope():
+            await release.wait()
+
+    body = in_scope if scoped else release.wait
     held = 0.0
     async with trio.open_nursery() as nursery:
         traced.start()
         for _ in range(calls):
-            nursery.start_soon(release.wait)
+            nursery.start_soon(body)
         await trio.testing.wait_all_tasks_blocked()
         held = traced.stop()
         release.set()
     return held
+
+
+async def _trio_bare_memory_running(calls: int) -> float:
+    return await _trio_tasks_memory_running(calls, scoped=False)
+
+
+async def _trio_scoped_memory_running(calls: int) -> float:
+    """A bare task in a cancel scope of its own: the least a call that trio can cancel alone holds.
+
+    trio cancels only through cancel scopes, so a call that can be cancelled
+    without its neighbours (``Call.cancel()``, a timeout) runs in one.
+    """
+    return await _trio_tasks_memory_running(calls, scoped=True)
 
 
 # -- the scenarios -----------------------------------------------------------------------------
@@ -730,11 +815,25 @@ def _scenario_groups(scenario: str, loop: Loop, sizes: Sizes) -> list[Group]:
                 Pattern(
                     "bare await under a trio.Semaphore", loop, "baseline", n, _trio_bare_sync_call
                 ),
+                Pattern(
+                    "bare await in its own context copy, under a trio.Semaphore",
+                    loop,
+                    "reference",
+                    n,
+                    _trio_isolated_sync_call,
+                ),
             )
         else:
             patterns = (
                 Pattern("activity synchronous_call", loop, "activity", n, _activity_sync_call),
                 Pattern("bare await under a Semaphore", loop, "baseline", n, _bare_sync_call),
+                Pattern(
+                    "bare await in its own context copy, under a Semaphore",
+                    loop,
+                    "reference",
+                    n,
+                    _isolated_sync_call,
+                ),
             )
         return [
             Group(
@@ -790,6 +889,13 @@ def _scenario_groups(scenario: str, loop: Loop, sizes: Sizes) -> list[Group]:
                     Pattern("asyncio.to_thread", loop, "baseline", m, _to_thread_blocking_serial),
                     Pattern("loop.run_in_executor", loop, "peer", m, _executor_blocking_serial),
                     Pattern("anyio.to_thread.run_sync", loop, "peer", m, _anyio_blocking_serial),
+                    Pattern(
+                        "one thread fed by a SimpleQueue",
+                        loop,
+                        "reference",
+                        m,
+                        _queue_thread_blocking_serial,
+                    ),
                 ),
             ),
         ]
@@ -811,6 +917,13 @@ def _scenario_groups(scenario: str, loop: Loop, sizes: Sizes) -> list[Group]:
                     "activity running call", loop, "activity", n, _trio_activity_memory_running
                 ),
                 Pattern("bare task in a nursery", loop, "baseline", n, _trio_bare_memory_running),
+                Pattern(
+                    "bare task in a cancel scope of its own",
+                    loop,
+                    "reference",
+                    n,
+                    _trio_scoped_memory_running,
+                ),
             )
         else:
             queued = (
@@ -1032,6 +1145,9 @@ class Target:
     value: float
     limit: float
     at_most: bool
+    #: The same ratio with the scenario's floor (a reference row that does only
+    #: what the goal's semantics need) in place of activity, where it has one.
+    floor: float | None = None
 
     @property
     def met(self) -> bool:
@@ -1045,6 +1161,7 @@ class Target:
             "limit": self.limit,
             "at_most": self.at_most,
             "met": self.met,
+            "floor": self.floor,
         }
 
 
@@ -1064,9 +1181,16 @@ def _targets(rows: Sequence[Row]) -> list[Target]:
         bottom: Row | None,
         limit: float,
         at_most: bool = True,
+        floor: Row | None = None,
     ) -> None:
-        if top is not None and bottom is not None and bottom.median > 0:
-            targets.append(Target(goal, loop, top.median / bottom.median, limit, at_most))
+        """Add ``top / bottom`` as a target; ``floor`` stands for activity in its floor ratio."""
+        if top is None or bottom is None or bottom.median <= 0:
+            return
+        floor_ratio = None
+        if floor is not None and floor.median > 0:
+            # activity is the top of an "at most" ratio, the bottom of an "at least" one.
+            floor_ratio = floor.median / bottom.median if at_most else top.median / floor.median
+        targets.append(Target(goal, loop, top.median / bottom.median, limit, at_most, floor_ratio))
 
     for loop in LOOPS:
         act = find("async_call", loop, "activity")
@@ -1098,18 +1222,21 @@ def _targets(rows: Sequence[Row]) -> list[Target]:
             find("sync_call", loop, "activity"),
             find("sync_call", loop, "baseline"),
             1.5,
+            floor=find("sync_call", loop, "reference"),
         )
         for scenario, how in (
             ("blocking_concurrent", "100 at a time"),
             ("blocking_serial", "one at a time"),
         ):
             act = find(scenario, loop, "activity")
+            floor = find(scenario, loop, "reference")
             ratio(
                 f"blocking, {how}, ≤ 1.1x asyncio.to_thread",
                 loop,
                 act,
                 find(scenario, loop, "baseline"),
                 1.1,
+                floor=floor,
             )
             ratio(
                 f"blocking, {how}, ≥ 1.5x faster than anyio.to_thread.run_sync",
@@ -1118,6 +1245,7 @@ def _targets(rows: Sequence[Row]) -> list[Target]:
                 act,
                 1.5,
                 at_most=False,
+                floor=floor,
             )
         queued = find("memory_queued", loop, "activity")
         if queued is not None:
@@ -1128,6 +1256,7 @@ def _targets(rows: Sequence[Row]) -> list[Target]:
             find("memory_running", loop, "activity"),
             find("memory_running", loop, "baseline"),
             1.3,
+            floor=find("memory_running", loop, "reference"),
         )
         scaling = [
             row
@@ -1220,15 +1349,28 @@ def render(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append("### Targets")
         lines.append("")
-        lines.append("| goal | loop | measured | limit | met |")
-        lines.append("|---|---|---:|---:|:---:|")
+        lines.append("| goal | loop | measured | limit | met | floor |")
+        lines.append("|---|---|---:|---:|:---:|---:|")
         for target in result["targets"]:
             if "bytes" in target["goal"]:
                 value, limit = f"{target['value']:,.0f} B", f"{target['limit']:,.0f} B"
             else:
                 value, limit = f"{target['value']:.2f}x", f"{target['limit']:g}x"
             met = "yes" if target["met"] else "**no**"
-            lines.append(f"| {target['goal']} | {target['loop']} | {value} | {limit} | {met} |")
+            floor = target.get("floor")
+            floor_text = "" if floor is None else f"{floor:.2f}x"
+            lines.append(
+                f"| {target['goal']} | {target['loop']} | {value} | {limit} | {met} "
+                f"| {floor_text} |"
+            )
+        lines.append("")
+        lines.append(
+            "Floor: the same ratio with the scenario's reference row in activity's place, "
+            "a pattern that does only what the goal's semantics need (its own context "
+            "copy; one thread fed by a queue; a task in a cancel scope of its own). Where "
+            "the floor misses the limit, no implementation with those semantics meets it "
+            "in this run."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,61 @@ class TestBench:
             "anyio start_soon + CapacityLimiter",
         } <= patterns
 
+    def test_floors_are_measured(self, result: Result) -> None:
+        data, _ = result
+        references = {
+            (row["scenario"], row["loop"], row["pattern"])
+            for row in data["rows"]
+            if row["role"] == "reference"
+        }
+        for loop in ("asyncio", "uvloop"):
+            assert (
+                "sync_call",
+                loop,
+                "bare await in its own context copy, under a Semaphore",
+            ) in references
+            assert ("blocking_serial", loop, "one thread fed by a SimpleQueue") in references
+        assert (
+            "sync_call",
+            "trio",
+            "bare await in its own context copy, under a trio.Semaphore",
+        ) in references
+        assert (
+            "memory_running",
+            "trio",
+            "bare task in a cancel scope of its own",
+        ) in references
+
+    def test_targets_carry_their_floor(self, result: Result) -> None:
+        data, _ = result
+        rows = {(row["scenario"], row["loop"], row["role"]): row for row in data["rows"]}
+        anyio_serial = {
+            row["loop"]: row
+            for row in data["rows"]
+            if row["scenario"] == "blocking_serial" and "anyio" in row["pattern"]
+        }
+        by_goal = {(target["goal"], target["loop"]): target for target in data["targets"]}
+        for loop in ("asyncio", "uvloop", "trio"):
+            sync = by_goal["synchronous_call ≤ 1.5x bare awaited call under a semaphore", loop]
+            floor = rows["sync_call", loop, "reference"]["median"]
+            bare = rows["sync_call", loop, "baseline"]["median"]
+            assert sync["floor"] == pytest.approx(floor / bare)
+        for loop in ("asyncio", "uvloop"):
+            faster = by_goal[
+                "blocking, one at a time, ≥ 1.5x faster than anyio.to_thread.run_sync", loop
+            ]
+            floor = rows["blocking_serial", loop, "reference"]["median"]
+            # "faster than" puts activity, and so its floor, below the peer.
+            assert faster["floor"] == pytest.approx(anyio_serial[loop]["median"] / floor)
+            # Scenarios without a floor row have no floor figure.
+            assert by_goal["asynchronous_call ≥ 1.4x faster than aiojobs", loop]["floor"] is None
+        parked = by_goal["a running parked call ≤ 1.3x a bare task", "trio"]
+        assert parked["floor"] == pytest.approx(
+            rows["memory_running", "trio", "reference"]["median"]
+            / rows["memory_running", "trio", "baseline"]["median"]
+        )
+        assert by_goal["a running parked call ≤ 1.3x a bare task", "asyncio"]["floor"] is None
+
     def test_figures_are_positive(self, result: Result) -> None:
         data, _ = result
         for row in data["rows"]:
@@ -95,6 +150,8 @@ class TestBench:
         )
         assert "| asyncio | **activity asynchronous_call** |" in table
         assert "### Targets" in table
+        assert "| goal | loop | measured | limit | met | floor |" in table
+        assert "(reference)" in table
         assert "--quick" in "\n".join(data["notes"])
 
 
