@@ -87,6 +87,16 @@ class TestBench:
             "trio",
             "bare task in a cancel scope of its own",
         ) in references
+        # Scaling's floor runs at every size activity runs at, on every loop.
+        for loop in ("asyncio", "uvloop", "trio"):
+            sizes = {
+                row["pattern"].rpartition(", ")[2]
+                for row in data["rows"]
+                if (row["scenario"], row["loop"], row["role"]) == ("scaling", loop, "activity")
+            }
+            assert sizes
+            for size in sizes:
+                assert ("scaling", loop, f"{_bench.SCALING_FLOOR}, {size}") in references
 
     def test_targets_carry_their_floor(self, result: Result) -> None:
         data, _ = result
