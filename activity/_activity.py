@@ -710,18 +710,23 @@ class Activity:
                 if not blocking:
                     # A coroutine: its frame is an InlineCall, which becomes a Call
                     # only if the call ends otherwise than completed, unobserved.
-                    inline = InlineCall(self, origin, None if frame is None else frame._causality)
-                    inline_calls = self._inline_calls
-                    inline_calls.add(inline)
+                    causality = None if frame is None else frame._causality
                     if loop is None:
                         # trio: the body runs in a cancel scope of its own, which is
                         # what the activity cancels.
                         trio_dispatcher = cast("TrioDispatcher", self._dispatcher)
-                        scope = inline._task = trio_dispatcher._cancel_scope()
+                        scope = trio_dispatcher._cancel_scope()
+                        inline = InlineCall(self, origin, causality, scope)
+                        inline_calls = self._inline_calls
+                        inline_calls.add(inline)
                         result = None  # unless the scope catches the cancellation
                         try:
+                            # The frame goes into the body's copy of the context by a
+                            # call from C to C, cheaper than a first step in Python.
+                            context = copy_context()
+                            context.run(_frame.set, inline)
                             with scope:
-                                result = await drive_in_context(fn(*args), copy_context(), inline)
+                                result = await drive_in_context(fn(*args), context)
                         except BaseException as error:
                             call = self._promote(inline, fn, args, reentrant)
                             if isinstance(error, trio_dispatcher._cancelled_exc):
@@ -735,9 +740,14 @@ class Activity:
                     else:
                         # With the loop given, current_task() skips looking the loop
                         # up (3x faster).
-                        task = inline._task = current_task(loop)
+                        task = current_task(loop)
+                        inline = InlineCall(self, origin, causality, task)
+                        inline_calls = self._inline_calls
+                        inline_calls.add(inline)
                         try:
-                            result = await drive_in_context(fn(*args), copy_context(), inline)
+                            context = copy_context()
+                            context.run(_frame.set, inline)
+                            result = await drive_in_context(fn(*args), context)
                         except asyncio.CancelledError:
                             call = self._promote(inline, fn, args, reentrant)
                             self._finish(call, CANCELLED, None, None)

@@ -373,7 +373,11 @@ class InlineCall:
     )
 
     def __init__(
-        self, activity: Activity, origin: Activity | None, causality: object | None
+        self,
+        activity: Activity,
+        origin: Activity | None,
+        causality: object | None,
+        task: _Cancellable | None,
     ) -> None:
         self._activity = activity
         self._origin = origin
@@ -381,7 +385,7 @@ class InlineCall:
         self._causality: object | None = self if causality is None else causality
         #: What cancel() cancels: the caller's asyncio task, or on trio the body's
         #: cancel scope.
-        self._task: _Cancellable | None = None
+        self._task = task
         self._cancel_requested = False
         self._cancel_reason: str | None = None
 

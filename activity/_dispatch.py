@@ -72,7 +72,6 @@ from ._call import (
     Call,
     CallStatus,
 )
-from ._context import _Frame, _frame
 from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from ._hresult import HResult
 
@@ -111,7 +110,7 @@ class Dispatcher(Protocol):
 
 @types.coroutine
 def drive_in_context(
-    coro: Coroutine[Any, Any, Any], context: contextvars.Context, frame: _Frame | None = None
+    coro: Coroutine[Any, Any, Any], context: contextvars.Context
 ) -> Generator[Any, Any, Any]:
     """Run ``coro`` to completion in the current task, but inside ``context``.
 
@@ -119,14 +118,13 @@ def drive_in_context(
     (an asyncio future, a trio trap) goes up to the event loop unchanged, and
     whatever the loop sends or throws back goes down unchanged. This is what a
     task does, minus the task: the body gets its own context at the cost of one
-    ``Context.run`` per step. Given a ``frame``, the first step makes it the
-    context's frame, which costs less than setting it around a copy.
+    ``Context.run`` per step.
     """
     send = coro.send
     throw = coro.throw
     run = context.run
     try:
-        yielded = run(send, None) if frame is None else run(_first_step, send, frame)
+        yielded = run(send, None)
     except StopIteration as stop:
         return stop.value
     while True:
@@ -143,11 +141,6 @@ def drive_in_context(
             yielded = run(send, value) if error is None else run(throw, error)
         except StopIteration as stop:
             return stop.value
-
-
-def _first_step(send: Callable[[Any], Any], frame: _Frame) -> Any:
-    _frame.set(frame)
-    return send(None)
 
 
 _CoroutineType: Final = types.CoroutineType
