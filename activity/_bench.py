@@ -46,6 +46,8 @@ from ._activity import Activity
 from ._dispatch import drive_in_context
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["add_arguments", "add_bench_command", "main", "run"]
@@ -59,6 +61,7 @@ Role = Literal["activity", "baseline", "peer", "reference"]
 #: Runs one sample of ``calls`` calls on the running loop; returns seconds, or bytes.
 Body = Callable[[int], Coroutine[Any, Any, float]]
 Thunk = Callable[[], Awaitable[object]]
+CoroutineFunction = Callable[[], Coroutine[Any, Any, object]]
 
 #: The scaling scenario's floor: what DESIGN keeps per queued call, and no more.
 SCALING_FLOOR: Final = "a handle and a context copy per call, 100 workers"
@@ -261,7 +264,7 @@ class _Handle:
 
     __slots__ = ("context", "done", "fn", "result")
 
-    def __init__(self, fn: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    def __init__(self, fn: CoroutineFunction) -> None:
         self.fn = fn
         self.context = copy_context()
         self.result: object = None
@@ -340,7 +343,9 @@ async def _bare_sync_call(calls: int) -> float:
     return time.perf_counter() - start
 
 
-async def _isolated_sync_call(calls: int) -> float:
+async def _isolated_awaits(
+    calls: int, semaphore: AbstractAsyncContextManager[Any], body: CoroutineFunction
+) -> float:
     """The bare await, in a copy of the context of its own: what isolation alone costs.
 
     A coroutine awaited in its caller's task sees its own context only if each
@@ -348,12 +353,16 @@ async def _isolated_sync_call(calls: int) -> float:
     (every call in a copy of its submitter's context) costs, with none of the
     activity's bookkeeping.
     """
-    semaphore = asyncio.Semaphore(LIMIT)
     start = time.perf_counter()
     for _ in range(calls):
         async with semaphore:
-            await drive_in_context(_yield_once(), copy_context())
+            await drive_in_context(body(), copy_context())
     return time.perf_counter() - start
+
+
+async def _isolated_sync_call(calls: int) -> float:
+    """:func:`_isolated_awaits` under an ``asyncio.Semaphore``."""
+    return await _isolated_awaits(calls, asyncio.Semaphore(LIMIT), _yield_once)
 
 
 async def _workers(calls: int, call: Thunk) -> None:
@@ -594,7 +603,7 @@ async def _aiojobs_memory_running(calls: int) -> float:
 # -- trio bodies ---------------------------------------------------------------------------------
 
 
-def _trio_yield_once() -> Thunk:
+def _trio_yield_once() -> CoroutineFunction:
     import trio
 
     async def yield_once() -> None:
@@ -654,11 +663,9 @@ async def _trio_floor_async_call(calls: int) -> float:
     """:func:`_floor_async_call` on trio."""
     import trio
 
-    async def yield_once() -> None:
-        await trio.lowlevel.checkpoint()
-
+    body = _trio_yield_once()
     start = time.perf_counter()
-    backlog = deque(_Handle(yield_once) for _ in range(calls))
+    backlog = deque(_Handle(body) for _ in range(calls))
     async with trio.open_nursery() as nursery:
         for _ in range(LIMIT):
             nursery.start_soon(_drain, backlog)
@@ -687,18 +694,10 @@ async def _trio_bare_sync_call(calls: int) -> float:
 
 
 async def _trio_isolated_sync_call(calls: int) -> float:
-    """:func:`_isolated_sync_call` on trio."""
+    """:func:`_isolated_awaits` under a ``trio.Semaphore``."""
     import trio
 
-    async def body() -> None:
-        await trio.lowlevel.checkpoint()
-
-    semaphore = trio.Semaphore(LIMIT)
-    start = time.perf_counter()
-    for _ in range(calls):
-        async with semaphore:
-            await drive_in_context(body(), copy_context())
-    return time.perf_counter() - start
+    return await _isolated_awaits(calls, trio.Semaphore(LIMIT), _trio_yield_once())
 
 
 async def _trio_activity_memory_queued(calls: int) -> float:

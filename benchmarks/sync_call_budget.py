@@ -32,14 +32,16 @@ from contextvars import ContextVar, copy_context
 from typing import Any
 
 from activity import Activity
-from activity._bench import LIMIT, _activity_sync_call, _bare_sync_call, _isolated_sync_call
+from activity._bench import (
+    LIMIT,
+    _activity_sync_call,
+    _bare_sync_call,
+    _isolated_sync_call,
+    _yield_once,
+)
 from activity._dispatch import drive_in_context
 
 Body = Callable[[int], Coroutine[Any, Any, float]]
-
-
-async def _yield_once() -> None:
-    await asyncio.sleep(0)
 
 
 class _Frame:
