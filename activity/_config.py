@@ -108,7 +108,9 @@ class ActivityConfig(BaseModel):
 
     Build it with keyword arguments, or from a mapping or a JSON document with
     :meth:`model_validate` and :meth:`model_validate_json`. A bad value raises
-    :class:`InvalidArgumentError` naming the field and the value.
+    :class:`InvalidArgumentError` naming the field and the value. Counts and
+    seconds are strict: a ``bool``, a string or ``bytes`` is refused where a number
+    is expected (an ``int`` is taken for seconds).
 
     .. versionadded:: 0.1
     """
@@ -120,19 +122,19 @@ class ActivityConfig(BaseModel):
     #: A name for tracking, tracebacks and worker-thread names.
     name: str | None = Field(default=None, min_length=1, max_length=200)
     #: How many calls may run at once.
-    max_concurrency: int = Field(default=100, ge=1)
+    max_concurrency: int = Field(default=100, ge=1, strict=True)
     #: How many accepted calls may wait for a place to run (FIFO).
-    max_pending: int = Field(default=1000, ge=0)
+    max_pending: int = Field(default=1000, ge=0, strict=True)
     #: What a full queue does to a new asynchronous call.
     overflow: Overflow = Overflow.REJECT
     #: With ``Overflow.WAIT``: seconds to wait for a place before rejecting (None: no limit).
-    admission_timeout: float | None = Field(default=None, ge=0)
+    admission_timeout: float | None = Field(default=None, ge=0, strict=True)
     #: How many worker threads the activity's blocking calls may use at once.
-    thread_limit: int = Field(default=40, ge=1)
+    thread_limit: int = Field(default=40, ge=1, strict=True)
     #: Default per-call timeout in seconds (None: no limit).
-    timeout: float | None = Field(default=None, gt=0)
+    timeout: float | None = Field(default=None, gt=0, strict=True)
     #: Seconds that leaving the activity waits for accepted work before cancelling it.
-    shutdown_timeout: float | None = Field(default=10.0, ge=0)
+    shutdown_timeout: float | None = Field(default=10.0, ge=0, strict=True)
     #: Whether one failure leaves the other calls alone (the default) or cancels them.
     failure_policy: FailurePolicy = FailurePolicy.ISOLATE
     #: Called as ``error_handler(call, exc)`` (sync or async) when an asynchronous call fails.
@@ -211,6 +213,11 @@ def _invalid(exc: ValidationError) -> InvalidArgumentError:
     """Turn pydantic's error into ours, naming the first bad field and value."""
     errors = exc.errors(include_url=False)
     first = errors[0]
+    # model_validate() runs __init__, whose own InvalidArgumentError pydantic wraps as a
+    # value error of the whole model: hand that one on as it was.
+    inner = first.get("ctx", {}).get("error")
+    if isinstance(inner, InvalidArgumentError):
+        return inner
     field = ".".join(str(part) for part in first["loc"]) or "config"
     value = first.get("input")
     if first["type"] == "extra_forbidden":
