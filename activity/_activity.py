@@ -16,7 +16,7 @@ import inspect
 import itertools
 import math
 import weakref
-from asyncio import current_task
+from asyncio import _get_running_loop, current_task  # pyright: ignore[reportPrivateUsage]
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import Token, copy_context
@@ -104,11 +104,17 @@ class _State(enum.Enum):
     NEW = "new"
     OPEN = "open"
     CANCELLED = "cancelled"
+    #: The block has ended: no new work, but the accepted calls may still make
+    #: nested calls of their own, which are part of what is being drained.
+    DRAINING = "draining"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
 _OPEN: Final = _State.OPEN
+#: How many unobserved failures an activity keeps, tracebacks and all, until it exits;
+#: past that it counts them by type (a long-lived activity must not grow without bound).
+MAX_KEPT_FAILURES: Final = 100
 
 
 def _classify(fn: Any, args: tuple[Any, ...]) -> tuple[Kind, Any, Any]:
@@ -185,9 +191,12 @@ def _check_timeout(timeout: Any, default: float | None) -> float | None:
 
 
 def _check_name(name: Any) -> str | None:
-    if name is not None and not isinstance(name, str):
+    # The same rule as ActivityConfig.name: a str of 1 to 200 characters.
+    if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 200):
         raise InvalidArgumentError(
-            f"name must be a str or None, got {name!r}", field="name", value=name
+            f"name must be a str of 1 to 200 characters or None, got {name!r}",
+            field="name",
+            value=name,
         )
     return name
 
@@ -271,7 +280,9 @@ class Activity:
         "_domain",
         "_fail_fast",
         "_fast_sync",
+        "_dropped_failures",
         "_handler_errors",
+        "_handler_scopes",
         "_handlers_in_flight",
         "_id",
         "_idle_event",
@@ -320,8 +331,12 @@ class Activity:
         #: Synchronous calls running inline in their callers' tasks, not yet Calls.
         self._inline_calls: set[InlineCall] = set()
         self._unobserved: dict[int, Call[Any]] = {}
+        #: Unobserved failures past MAX_KEPT_FAILURES: the calls' ids, and a count per type.
+        self._dropped_failures: tuple[set[int], dict[str, int]] | None = None
         self._handler_errors: list[BaseException] = []
         self._handlers_in_flight = 0
+        #: The cancel scopes of the async error handlers and done callbacks under way.
+        self._handler_scopes: set[anyio.CancelScope] = set()
         self._idle_event: Event | None = None
         self._cancel_reason: str | None = None
         self._children: weakref.WeakSet[Activity] = weakref.WeakSet()
@@ -457,34 +472,39 @@ class Activity:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        state = self._state
+        if state is _State.NEW:
+            raise ActivityError(
+                f"activity {self._name!r} was never entered: __aexit__ without __aenter__"
+            )
+        if state is _State.CLOSED or state is _State.CLOSING or state is _State.DRAINING:
+            raise ActivityError(f"activity {self._name!r} has been left already")
         dispatcher = self._dispatcher
         assert dispatcher is not None
         self._fast_sync = False
-        if self._state is not _State.CANCELLED:
-            self._state = _State.CLOSING
+        if state is _OPEN:
+            self._state = _State.DRAINING if exc is None else _State.CLOSING
         self._refuse_waiters(self._closed_error())
+        timeout = self._config.shutdown_timeout
+        deadline = None if timeout is None else anyio.current_time() + timeout
         interrupted: BaseException | None = None
         try:
             if exc is not None:
                 self._cancel_all(f"the activity's block raised {type(exc).__name__}")
             elif not self._is_idle():
-                drained = await self._wait_idle_for(self._config.shutdown_timeout)
+                drained = await self._wait_idle_for(timeout)
                 if not drained:
-                    self._cancel_all(
-                        f"shutdown_timeout ({self._config.shutdown_timeout} s) expired"
-                    )
+                    self._stop(f"shutdown_timeout ({timeout} s) expired")
         except BaseException as error:  # cancelled while draining
             interrupted = error
             self._cancel_all("the activity's host was cancelled while draining")
         finally:
+            if self._state is _State.DRAINING:
+                self._state = _State.CLOSING
             # A child cannot outlive its parent: its work is cancelled with ours.
             for child in self.children:
                 child.cancel(f"its parent activity {self._name!r} is closing")
-            if not self._is_idle():
-                await self._wait_idle_shielded()
-            for child in self.children:
-                if not child._is_idle():
-                    await child._wait_idle_shielded()
+            await self._wait_tree_idle(deadline)
             self._state = _State.CLOSED
             await dispatcher.aclose()
             if self._apartment is not None:
@@ -503,14 +523,7 @@ class Activity:
                         _frame.set(None if old is Token.MISSING else old)
             if tracking._listeners:
                 tracking.emit(tracking.EventKind.ACTIVITY_CLOSED, self)
-        # A tuple first: a thread reading a call's future may pop from the dict meanwhile.
-        unobserved = tuple(self._unobserved.values())
-        self._unobserved.clear()
-        failures: list[BaseException] = [
-            call._exception for call in unobserved if call._exception is not None
-        ]
-        failures.extend(self._handler_errors)
-        self._handler_errors = []
+        failures = self._take_failures()
         raised = interrupted if interrupted is not None else exc
         if failures:
             if raised is not None and not dispatcher.is_cancellation(raised):
@@ -522,6 +535,68 @@ class Activity:
         if interrupted is not None:
             raise interrupted
 
+    async def _wait_tree_idle(self, deadline: float | None) -> None:
+        """Wait, shielded, until the activity and its children are idle.
+
+        What is still running here was cancelled already, except error handlers
+        and done callbacks, which may finish their work until ``deadline``: then
+        they are cancelled too, so that no handler can hold the exit forever.
+        """
+        busy = [a for a in (self, *self.children) if not a._is_idle()]
+        if not busy:
+            return
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        timer: anyio.CancelScope | None = None
+        if deadline is not None:
+            timer = anyio.CancelScope()
+            dispatcher.spawn(self._stop_at(deadline, timer))
+        try:
+            for activity in busy:
+                if not activity._is_idle():
+                    await activity._wait_idle_shielded()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _stop_at(self, deadline: float, timer: anyio.CancelScope) -> None:
+        with timer:
+            await anyio.sleep_until(deadline)
+            timeout = self._config.shutdown_timeout
+            for activity in (self, *self.children):
+                activity._stop(f"shutdown_timeout ({timeout} s) expired")
+
+    def _stop(self, reason: str) -> None:
+        """Cancel everything still under way, error handlers and done callbacks included."""
+        self._refuse_waiters(self._closed_error())
+        self._cancel_all(reason)
+        for scope in self._handler_scopes:
+            scope.cancel()
+
+    def _take_failures(self) -> list[BaseException]:
+        """The failures to raise at exit: unobserved calls' and handlers', once."""
+        # A tuple first: a thread reading a call's future may pop from the dict meanwhile.
+        unobserved = tuple(self._unobserved.values())
+        self._unobserved.clear()
+        failures: list[BaseException] = [
+            call._exception for call in unobserved if call._exception is not None
+        ]
+        dropped = self._dropped_failures
+        self._dropped_failures = None
+        if dropped is not None and dropped[0]:
+            ids, by_type = dropped
+            kinds = ", ".join(f"{name} x {count}" for name, count in by_type.items())
+            failures.append(
+                ActivityError(
+                    f"{len(ids)} more unobserved failure(s) in activity {self._name!r} were "
+                    f"counted but not kept (only the first {MAX_KEPT_FAILURES} are kept with "
+                    f"their tracebacks): {kinds}"
+                )
+            )
+        failures.extend(self._handler_errors)
+        self._handler_errors = []
+        return failures
+
     def cancel(self, reason: str | None = None) -> None:
         """Cancel every accepted call and stop admission.
 
@@ -532,17 +607,30 @@ class Activity:
 
         :param reason: said in each call's :class:`CallCancelledError`
         """
-        if self._state in (_State.NEW, _State.CLOSED):
+        if self._wrong_thread():
+            self._call_soon_threadsafe(self.cancel, reason)
             return
-        if self._state is _OPEN:
+        # A loop, not recursion: a tree of activities may be nested arbitrarily deep.
+        stack: list[tuple[Activity, str | None]] = [(self, reason)]
+        while stack:
+            activity, why = stack.pop()
+            if activity._cancel_one(why):
+                cause = f"its parent activity {activity._name!r} was cancelled"
+                stack.extend((child, cause) for child in activity.children)
+
+    def _cancel_one(self, reason: str | None) -> bool:
+        """Cancel this activity's own work; return whether its children are due too."""
+        state = self._state
+        if state is _State.NEW or state is _State.CLOSED:
+            return False
+        if state is _OPEN or state is _State.DRAINING:
             self._state = _State.CANCELLED
             self._fast_sync = False
         if self._cancel_reason is None:
             self._cancel_reason = reason or "the activity was cancelled"
         self._refuse_waiters(self._closed_error())
         self._cancel_all(reason)
-        for child in self.children:
-            child.cancel(f"its parent activity {self._name!r} was cancelled")
+        return True
 
     async def wait_idle(self) -> None:
         """Wait until no call is pending or running (and no async error handler runs)."""
@@ -677,6 +765,7 @@ class Activity:
             and type(fn) is FunctionType
             and timeout is None
             and get_ident() == self._thread_id
+            and _get_running_loop() is self._loop
             and (
                 (flags := fn.__code__.co_flags) & _CO_COROUTINE
                 or not (flags & _CO_GENERATORS or self._apartment or self._bound_to_loop)
@@ -895,6 +984,7 @@ class Activity:
             and name is None
             and self._state is _OPEN
             and get_ident() == self._thread_id
+            and _get_running_loop() is self._loop
         ):
             # The common cases: a function (coroutine or plain) without per-call
             # options, on the activity's own thread while it is open.
@@ -979,11 +1069,17 @@ class Activity:
         activity's: each call is launched by its own activity.
         """
         admission = self._admission
-        while (call := admission.pop_ready()) is not None:
-            call._activity._launch(call)
-        while (waiter := admission.pop_waiter()) is not None:
+        while True:
+            call = admission.pop_ready()
+            if call is not None:
+                call._activity._launch(call)
+                continue
+            waiter = admission.pop_waiter()
+            if waiter is None:
+                return
             call = waiter.call
-            if admission.can_run_now():
+            # Not can_run_now(): the waiters behind this one are no reason to queue it.
+            if admission.slots < admission.max_concurrency and not admission.pending:
                 admission.accept_running(call)
                 call._activity._launch(call)
             else:
@@ -1001,8 +1097,11 @@ class Activity:
         self, call: Call[Any], status: CallStatus, result: Any, exc: BaseException | None
     ) -> None:
         """Record how ``call`` ended, tell whoever waits, route a failure, admit more."""
-        if call._status is not RUNNING and call._status is not PENDING:
+        started = call._status
+        if started is not RUNNING and started is not PENDING:
             return  # already finished (a cancellation raced with the end)
+        if started is PENDING and call._kind is COROUTINE:
+            call._fn.close()  # it never ran: Python must not warn that it was never awaited
         freed = self._admission.finish(call, status)
         self._running_calls.discard(call)
         if status is COMPLETED:
@@ -1038,7 +1137,7 @@ class Activity:
         """Route a failure: on_error, error_handler; else keep it for the exit."""
         if call._synchronous:
             if not call._observed:
-                self._unobserved[call._id] = call
+                self._keep_unobserved(call)
             return
         observed = False
         extras = call._extras
@@ -1051,11 +1150,35 @@ class Activity:
             self._invoke_handler(handler, call, exc)
             observed = True
         if not observed and not call._observed:
-            self._unobserved[call._id] = call
-        if self._fail_fast and self._state is _OPEN:
+            self._keep_unobserved(call)
+        # The drain is where most failures happen: fail-fast holds there too.
+        if self._fail_fast and (self._state is _OPEN or self._state is _State.DRAINING):
             self.cancel(f"fail-fast: call {call.name!r} failed with {type(exc).__name__}")
 
+    def _keep_unobserved(self, call: Call[Any]) -> None:
+        """Keep a failure nobody observed for the exit; past the bound, only count it."""
+        if len(self._unobserved) < MAX_KEPT_FAILURES:
+            self._unobserved[call._id] = call
+            return
+        dropped = self._dropped_failures
+        if dropped is None:
+            dropped = self._dropped_failures = (set(), {})
+        ids, by_type = dropped
+        ids.add(call._id)
+        kind = type(call._exception).__qualname__
+        by_type[kind] = by_type.get(kind, 0) + 1
+
     def _invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None:
+        if self._state is _State.CLOSED:
+            # Nobody is left to report to at exit: the caller hears of it at once.
+            outcome = handler(*args)
+            if inspect.isawaitable(outcome):
+                _refuse_coroutine(outcome)
+                raise ActivityClosedError(
+                    f"{handler!r} returned an awaitable, but activity {self._name!r} has "
+                    "closed and nothing is left to await it"
+                )
+            return
         try:
             outcome = handler(*args)
         except BaseException as error:
@@ -1063,16 +1186,35 @@ class Activity:
             return
         if inspect.isawaitable(outcome):
             self._handlers_in_flight += 1
-            self._dispatcher.spawn(self._await_handler(outcome))  # type: ignore[union-attr]
+            self._dispatcher.spawn(self._await_handler(outcome, handler))  # type: ignore[union-attr]
 
-    async def _await_handler(self, awaitable: Awaitable[Any]) -> None:
+    async def _await_handler(self, awaitable: Awaitable[Any], handler: object) -> None:
+        # In a scope of its own, so that the exit can stop a handler that never returns.
+        scope = anyio.CancelScope()
+        self._handler_scopes.add(scope)
         try:
-            await awaitable
+            with scope:
+                await awaitable
         except BaseException as error:
-            self._handler_failed(error)
+            if not self._dispatcher.is_cancellation(error):  # type: ignore[union-attr]
+                self._handler_failed(error)
+                return
+            self._handler_errors.append(self._handler_cut_short(handler))
+            raise
+        else:
+            if scope.cancelled_caught:
+                self._handler_errors.append(self._handler_cut_short(handler))
         finally:
+            self._handler_scopes.discard(scope)
             self._handlers_in_flight -= 1
             self._signal_if_idle()
+
+    def _handler_cut_short(self, handler: object) -> ActivityError:
+        return ActivityError(
+            f"{handler!r} of activity {self._name!r} was cancelled before it finished "
+            f"(shutdown_timeout is {self._config.shutdown_timeout} s); the failure it was "
+            "handling may not have been dealt with"
+        )
 
     def _handler_failed(self, error: BaseException) -> None:
         # COM+ fails fast when OnError fails: the error is never swallowed, and the
@@ -1084,22 +1226,35 @@ class Activity:
         self._handler_errors.append(error)
 
     def _observed(self, call: Call[Any]) -> None:
-        self._unobserved.pop(call._id, None)
+        if self._unobserved.pop(call._id, None) is None and self._dropped_failures is not None:
+            ids, by_type = self._dropped_failures
+            if call._id in ids:
+                ids.discard(call._id)
+                kind = type(call._exception).__qualname__
+                by_type[kind] -= 1
+                if not by_type[kind]:
+                    del by_type[kind]
 
     # -- cancellation ---------------------------------------------------------------------
 
     def _cancel_call(self, call: Call[Any], reason: str | None) -> bool:
         status = call._status
+        if status is not PENDING and status is not RUNNING:
+            return False
+        if self._wrong_thread():
+            # Asked from another thread: the loop does it, woken to do it now.
+            return self._call_soon_threadsafe(self._cancel_call, call, reason)
         if status is PENDING:
             call._note_cancel_reason(reason)
             call._cancel_requested = True
             self._finish(call, CANCELLED, None, None)
             return True
-        if status is RUNNING:
-            call._note_cancel_reason(reason)
+        call._note_cancel_reason(reason)
+        if not (call._cancel_requested or call._timed_out):
+            # Once only: a second cancellation of a call that runs in its caller's task
+            # would cancel that task once more than the call can take back.
             self._dispatcher.cancel_running(call)  # type: ignore[union-attr]
-            return True
-        return False
+        return True
 
     def _cancel_all(self, reason: str | None) -> None:
         for call in self._admission.take_pending_of(self):
@@ -1157,8 +1312,32 @@ class Activity:
 
     # -- checks -----------------------------------------------------------------------------
 
+    def _wrong_thread(self) -> bool:
+        """Whether the caller is on another thread than the activity's (once entered)."""
+        return get_ident() != self._thread_id and self._state is not _State.NEW
+
+    def _call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Run ``fn(*args)`` soon on the activity's loop; say whether the loop took it."""
+        try:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(fn, *args)
+            else:
+                assert self._wake_token is not None
+                self._wake_token.native_token.run_sync_soon(fn, *args)  # type: ignore[attr-defined]
+        except RuntimeError:  # the loop has finished: nothing is left to cancel
+            return False
+        return True
+
     def _check_thread(self) -> None:
-        if get_ident() != self._thread_id and self._state is not _State.NEW:
+        if self._state is _State.NEW:
+            return
+        if get_ident() == self._thread_id and _get_running_loop() is not self._loop:
+            raise WrongThreadError(
+                f"activity {self._name!r} belongs to another event loop of this thread, the "
+                "one it was entered in: an activity cannot move between event loops, so "
+                "create one per loop (for example per test)"
+            )
+        if get_ident() != self._thread_id:
             raise WrongThreadError(
                 f"activity {self._name!r} belongs to the event loop of another thread; "
                 f"this is {current_thread().name!r}. From a foreign thread, use "
@@ -1172,9 +1351,21 @@ class Activity:
             raise self._closed_error()
 
     def _check_open(self) -> None:
-        if self._state is not _OPEN or get_ident() != self._thread_id:
+        if (
+            self._state is not _OPEN
+            or get_ident() != self._thread_id
+            or _get_running_loop() is not self._loop
+        ):
             self._check_thread()
+            if self._state is _OPEN:
+                return
+            if self._state is _State.DRAINING and self._is_own_work(_frame.get()):
+                return  # a running call's nested call is part of what is being drained
             raise self._closed_error()
+
+    def _is_own_work(self, frame: _Frame | None) -> bool:
+        """Whether ``frame`` is one of the activity's calls (not its block, nor another's)."""
+        return frame is not None and frame._activity is self and type(frame) in _CALL_FRAMES
 
     def _closed_error(self) -> ActivityClosedError:
         state = self._state

@@ -296,7 +296,14 @@ class Call(Generic[T_co]):
 
         A pending call ends ``CANCELLED`` at once; a running one is cancelled at
         its next checkpoint (a blocking function in a worker thread is abandoned:
-        the thread cannot be stopped, but its result is ignored).
+        the thread cannot be stopped, but its result is ignored). Cancelling a
+        call twice is the same as cancelling it once.
+
+        Thread-safe: called from another thread than the activity's, it asks the
+        activity's loop to cancel the call and wakes it to do so at once; it then
+        returns ``True`` if the call had not finished when asked (it may still
+        finish otherwise before the loop gets to it), and ``False`` if the loop has
+        ended.
 
         :param reason: said in the :class:`CallCancelledError`
         :return: ``False`` if the call had already finished, else ``True``
@@ -308,7 +315,8 @@ class Call(Generic[T_co]):
 
         If the call has already finished, the callback is called at once. A
         callback that raises is treated like a failing error handler: its
-        exception is raised when the activity exits.
+        exception is raised when the activity exits, or, once the activity has
+        exited, at once, by this method.
 
         :raises InvalidArgumentError: if ``callback`` is not callable
         """
@@ -393,6 +401,8 @@ class InlineCall:
         """Cancel the body (its task, or its cancel scope), which ends the call as CANCELLED."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
+        if self._cancel_requested:
+            return  # the caller's task must not be cancelled twice for one call
         self._cancel_requested = True
         task = self._task
         if task is not None:

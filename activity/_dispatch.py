@@ -704,7 +704,9 @@ class AsyncioDispatcher:
 
     def _on_timeout(self, call: Call[Any]) -> None:
         call._more().timer = None
-        if call._status is RUNNING and call._future is not None:
+        # Not after a cancel(): a call that runs in its caller's task must cancel that
+        # task once, or the caller is left with a cancellation it never asked for.
+        if call._status is RUNNING and call._future is not None and not call._cancel_requested:
             call._timed_out = True
             self._cancel_future(call)
 
