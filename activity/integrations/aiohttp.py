@@ -24,6 +24,7 @@ cancelled, counted in the app activity's statistics.
 .. versionadded:: 0.1
 """
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar, TypeVarTuple, overload
@@ -223,7 +224,8 @@ async def spawn(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
     :func:`~activity.integrations.asgi.run_in_background`: bounded by the app
     activity's admission, carrying the request's values (when called while the
     request is handled), not cancelled when the client goes away, drained at
-    cleanup.
+    cleanup. It runs in an activity of its own, a child of the app activity, so
+    a value it sets is its own and never reaches another request's work.
 
     :param request: the request, to find its application
     :param fn: the work, as for :meth:`Activity.asynchronous_call`
@@ -236,9 +238,13 @@ async def spawn(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
 
     .. versionadded:: 0.1
     """
-    app = get_app_activity(request)
-    call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
-    return call
+    try:
+        app = get_app_activity(request)
+    except LookupError:
+        if inspect.iscoroutine(fn):
+            fn.close()  # refused work: no "never awaited" warning
+        raise
+    return await asgi._hand_off(app, fn, args, name, timeout)
 
 
 def _request_info(request: web.Request, request_id: str) -> RequestInfo:

@@ -24,6 +24,12 @@ task or a worker thread, and so does background work it hands to the app
 activity, even after the response was sent. Two requests never see each
 other's.
 
+Each piece of background work has activity-local values of its own: it
+starts with those the request (or the work that started it) saw when it handed
+the work over, and a value it sets stays its own. Neither another request's
+work nor a value set in the application's startup code can change what it
+sees.
+
 An :class:`~activity.ActivityError` that escapes the application before the
 response started becomes an RFC 9457 problem-details response that carries the
 HRESULT (:class:`ProblemDetails`); any other exception passes through
@@ -248,8 +254,8 @@ def current_request_activity() -> Activity | None:
 def current_app_activity() -> Activity | None:
     """Return the app activity that the running code can hand work to, or ``None``.
 
-    Known in a request (its handler and its calls) and in the app activity's own
-    calls.
+    Known in a request (its handler and its calls), in background work and in the
+    app activity's own calls.
 
     .. versionadded:: 0.1
     """
@@ -283,11 +289,17 @@ async def run_in_background(  # type: ignore[misc]  # mypy and TypeVarTuple over
 
     The one line a handler needs for work that must not hold the response back
     (an email, a cache refresh, an audit record). The work is bounded by the
-    app activity's admission, sees the request's values (:func:`current_request`
-    and any :class:`~activity.ActivityLocal` the request set), is not cancelled
-    when the client disconnects, and is drained at shutdown: it ends completed,
-    failed or cancelled, never silently lost. A failure nobody observes goes to
-    the app activity's ``error_handler``, or is raised at shutdown.
+    app activity's admission, is not cancelled when the client disconnects, and
+    is drained at shutdown: it ends completed, failed or cancelled, never
+    silently lost. A failure nobody observes goes to the app activity's
+    ``error_handler``, or is raised at shutdown.
+
+    The work is a call of the app activity with :class:`~activity.ActivityLocal`
+    values of its own: it starts with those the caller saw when it handed the
+    work over (:func:`current_request` and any value the request set), over the
+    app's own (set by the startup code), and a value it sets is its own and that
+    of the calls, tasks and threads it starts. No other request's work sees it,
+    and a value set at startup never hides the request's.
 
     Work that must finish before the response belongs to the request activity
     instead: ``await current_request_activity().synchronous_call(fn)``.
@@ -313,8 +325,107 @@ async def run_in_background(  # type: ignore[misc]  # mypy and TypeVarTuple over
             "(or a framework helper of activity.integrations) handles a request, or from "
             "a call of the app activity"
         )
-    call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
+    return await _hand_off(app, fn, args, name, timeout)
+
+
+async def _hand_off(
+    app: Activity, fn: Any, args: tuple[Any, ...], name: str | None, timeout: float | None
+) -> Call[Any]:
+    """Submit background work to ``app`` with ``ActivityLocal`` values of its own.
+
+    Shared by the integrations: :func:`run_in_background` and aiohttp's ``spawn``.
+    """
+    values = _JOB_VALUES.set(_visible_locals(app))
+    try:
+        # The call runs in a copy of this context, taken as it is accepted: the
+        # copy, and every task, thread and call it starts, carries the job's values.
+        call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
+    finally:
+        _JOB_VALUES.reset(values)
     return call
+
+
+#: The values of the background job whose context this is, if any (see _AppLocals).
+_JOB_VALUES: Final[contextvars.ContextVar[dict[Any, Any] | None]] = contextvars.ContextVar(
+    "activity.integrations.job_values", default=None
+)
+
+
+@final
+class _AppLocals(dict[Any, Any]):
+    """The app activity's ``ActivityLocal`` values: one table for the app, one per job.
+
+    A call of an activity looks up ``ActivityLocal`` values in that activity
+    first, and stores them there. The app activity is shared by every request,
+    so its background work would read, and write, one table for all: a value one
+    job set would be what every later job of every request sees, and a value the
+    startup code set would hide the request's own. Each job's context carries a
+    table of its own instead, and the app activity reads and writes that one in
+    the job's calls (and in the calls, tasks and threads they start); code that
+    belongs to no job (the startup code, the app activity's own calls) uses the
+    app's.
+    """
+
+    __slots__ = ()
+
+    def get(self, key: Any, default: Any = None, /) -> Any:
+        own = _JOB_VALUES.get()
+        return super().get(key, default) if own is None else own.get(key, default)
+
+    def __getitem__(self, key: Any, /) -> Any:
+        own = _JOB_VALUES.get()
+        return super().__getitem__(key) if own is None else own[key]
+
+    def __contains__(self, key: object, /) -> bool:
+        own = _JOB_VALUES.get()
+        return super().__contains__(key) if own is None else key in own
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        own = _JOB_VALUES.get()
+        if own is None:
+            super().__setitem__(key, value)
+        else:
+            own[key] = value
+
+    def __delitem__(self, key: Any, /) -> None:
+        own = _JOB_VALUES.get()
+        if own is None:
+            super().__delitem__(key)
+        else:
+            del own[key]
+
+    def app_values(self) -> dict[Any, Any]:
+        """A copy of the app's own table, whatever the context."""
+        return dict(super().items())
+
+    def current(self) -> dict[Any, Any]:
+        """The table this context uses: its job's, else (a copy of) the app's."""
+        own = _JOB_VALUES.get()
+        return self.app_values() if own is None else own
+
+
+def _visible_locals(app: Activity) -> dict[Any, Any]:
+    """A job's values: those the submitting code sees, over the app's own.
+
+    Taken in the order ``ActivityLocal.get`` looks (the current activity, then
+    the ones the work came from), so that the nearest value wins; the app's own
+    values come last, so that a value set at startup never hides the request's.
+    A copy rather than a link to the request: a chain of jobs that start jobs
+    holds no finished request or job alive.
+    """
+    layers: list[Mapping[Any, Any]] = []
+    frame = _frame.get()
+    if frame is not None:
+        layers.append(frame._activity._locals)
+        origin = frame._origin
+        while origin is not None:
+            layers.append(origin._locals)
+            origin = origin._origin
+    table = app._locals
+    values = table.app_values() if isinstance(table, _AppLocals) else dict(table)
+    for layer in reversed(layers):
+        values.update(layer.current() if isinstance(layer, _AppLocals) else layer)
+    return values
 
 
 # -- problem details -----------------------------------------------------------------------
@@ -549,6 +660,7 @@ class _AppHost:
         opening = self._opening = anyio.Event()
         try:
             act = Activity(self.config)
+            act._locals = _AppLocals()
             # An empty context: the app activity is a root, and nothing of the task
             # that happens to open it (the first request's, say) sticks to it.
             context = contextvars.Context()

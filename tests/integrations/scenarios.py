@@ -81,6 +81,27 @@ class Probe:
         self.calls: list[Call[None]] = []
         self.app_activity: Activity | None = None
         self.parents_checked = 0
+        #: The tenant the application's startup code set in the app activity, if any.
+        self.app_tenant = "-"
+        self.jobs_expected = 0
+        self.jobs_set = 0
+        #: Set once every job has set a tenant of its own, so each read follows every write.
+        self.all_set = asyncio.Event()
+        self.job_sightings: list[JobSighting] = []
+        self.jobs_done = asyncio.Event()
+
+
+@dataclass(frozen=True)
+class JobSighting:
+    """What one job saw of the tenant: handed over, after setting its own, and around a child."""
+
+    request_id: str
+    expected: str
+    handed_over: str
+    own: str
+    in_app_thread: str
+    child_handed_over: str
+    after_child: str
 
 
 Serve = Callable[[Probe, dict[str, Any]], AbstractAsyncContextManager[str]]
@@ -160,6 +181,55 @@ async def job_endpoint(probe: Probe, kind: str) -> str:
     return "queued"
 
 
+async def _child_job(request_id: str) -> str:
+    handed_over = tenant.get()
+    tenant.set(f"{request_id}/child")
+    await asyncio.sleep(0)
+    return handed_over
+
+
+async def _tenant_job(probe: Probe, expected: str, request_id: str) -> None:
+    handed_over = tenant.get()
+    own = f"{request_id}/job"
+    tenant.set(own)
+    probe.jobs_set += 1
+    if probe.jobs_set == probe.jobs_expected:
+        probe.all_set.set()
+    await probe.all_set.wait()
+    app = current_app_activity()
+    assert app is not None
+    in_app_thread = await app.synchronous_call(tenant.get)
+    child = await run_in_background(_child_job, request_id)
+    child_handed_over = await child
+    probe.job_sightings.append(
+        JobSighting(
+            request_id=request_id,
+            expected=expected,
+            handed_over=handed_over,
+            own=tenant.get(),
+            in_app_thread=in_app_thread,
+            child_handed_over=child_handed_over,
+            after_child=tenant.get(),
+        )
+    )
+    if len(probe.job_sightings) == probe.jobs_expected:
+        probe.jobs_done.set()
+
+
+async def job_tenant_endpoint(
+    probe: Probe, tenant_name: str | None, hand_off: HandOff = run_in_background
+) -> str:
+    """Set the tenant (or not), hand over a job that sets one of its own; return the request id."""
+    if tenant_name is not None:
+        tenant.set(tenant_name)
+    _check_family(probe)
+    request_id = current_request_id()
+    assert request_id is not None
+    expected = probe.app_tenant if tenant_name is None else tenant_name
+    await hand_off(_tenant_job, probe, expected, request_id)
+    return request_id
+
+
 FAILURES: dict[str, tuple[Exception, int]] = {
     "rejected": (AsyncWorkRejectedError("queue full"), 503),
     "invalid": (InvalidArgumentError("page must be positive"), 400),
@@ -194,6 +264,8 @@ def raw_app(probe: Probe) -> ASGIApp:
         path: str = scope["path"]
         if path == "/tenant":
             body = await tenant_endpoint(probe, _header(scope, b"x-tenant"))
+        elif path == "/job-tenant":
+            body = await job_tenant_endpoint(probe, _header(scope, b"x-tenant") or None)
         elif path == "/hold":
             body = await hold_endpoint(probe)
         elif path.startswith("/job/"):
@@ -228,6 +300,26 @@ def release_on_shutdown(app: ASGIApp, event: asyncio.Event) -> ASGIApp:
             return message
 
         await app(scope, spy, send)
+
+    return wrapper
+
+
+def setting_at_startup(app: ASGIApp, probe: Probe, value: str) -> ASGIApp:
+    """Wrap ``app`` with startup code that sets the tenant (in the app activity)."""
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                tenant.set(value)
+                probe.app_tenant = value
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     return wrapper
 
@@ -295,6 +387,62 @@ async def tenant_scenario(serve: Serve, label: str, requests: int = 200) -> None
     assert probe.parents_checked == requests
     assert stats.failed == stats.cancelled == stats.in_flight == 0
     assert stats.accepted == stats.completed == 2 * requests
+
+
+async def job_tenant_scenario(serve: Serve, label: str, requests: int = 100) -> None:
+    """Concurrent requests hand over jobs that set a tenant of their own: each sees only its own.
+
+    Every tenth request sets no tenant: its job sees what the startup code set.
+    Every job sets its value before any job reads again, reads it in a worker
+    thread of the app activity, and hands a child job over, which sees the
+    parent's value and whose own value stays the child's.
+    """
+    probe = Probe()
+    probe.jobs_expected = requests
+    # Every job runs at once (they wait for each other), and so do their children.
+    options: dict[str, Any] = {"app_options": {"max_concurrency": 2 * requests + 10}}
+
+    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        headers = {"x-request-id": f"req-{i}"}
+        if i % 10:
+            headers["x-tenant"] = f"tenant-{i}"
+        return await client.get("/job-tenant", headers=headers)
+
+    async with serve(probe, options) as url, _client(url, requests) as client:
+        responses = await asyncio.gather(*(one(client, i) for i in range(requests)))
+        assert [(r.status_code, r.text) for r in responses] == [
+            (200, f"req-{i}") for i in range(requests)
+        ]
+        async with asyncio.timeout(DEADLINE):
+            await probe.jobs_done.wait()
+        app = probe.app_activity
+        assert app is not None
+        # Outside any job, the app activity's calls see the app's own values: no job
+        # wrote there.
+        app_tenant = await app.synchronous_call(tenant.get)
+    crossings = [
+        s
+        for s in probe.job_sightings
+        if s.handed_over != s.expected
+        or s.child_handed_over != f"{s.request_id}/job"
+        or {s.own, s.in_app_thread, s.after_child} != {f"{s.request_id}/job"}
+    ]
+    stats = app.statistics()
+    print(
+        f"FIGURES job values [{label}]: {requests} concurrent requests, each job and its "
+        f"child setting a tenant of their own: {len(crossings)} crossings; app activity "
+        f"accepted={stats.accepted} completed={stats.completed}"
+    )
+    assert crossings == []
+    assert sorted(s.request_id for s in probe.job_sightings) == sorted(
+        f"req-{i}" for i in range(requests)
+    )
+    assert [s.expected for s in probe.job_sightings if s.expected == probe.app_tenant] == [
+        probe.app_tenant
+    ] * (requests // 10)
+    assert app_tenant == probe.app_tenant
+    # A job, its call in a thread and its child for each request, and the look above.
+    assert stats.accepted == stats.completed == 3 * requests + 1
 
 
 async def saturation_scenario(serve: Serve, label: str, requests: int = 30) -> None:

@@ -28,6 +28,8 @@ from .scenarios import (
     fail_endpoint,
     hold_endpoint,
     job_endpoint,
+    job_tenant_endpoint,
+    job_tenant_scenario,
     problem_scenario,
     saturation_scenario,
     shutdown_scenario,
@@ -50,6 +52,11 @@ def aiohttp_app(probe: Probe, options: dict[str, Any]) -> web.Application:
             text=await tenant_endpoint(probe, request.headers["x-tenant"], hand_off)
         )
 
+    async def job_tenant(request: web.Request) -> web.Response:
+        hand_off = functools.partial(spawn, request)
+        tenant_name = request.headers.get("x-tenant")
+        return web.Response(text=await job_tenant_endpoint(probe, tenant_name, hand_off))
+
     async def hold(request: web.Request) -> web.Response:
         return web.Response(text=await hold_endpoint(probe))
 
@@ -61,6 +68,7 @@ def aiohttp_app(probe: Probe, options: dict[str, Any]) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/tenant", tenant)
+    app.router.add_get("/job-tenant", job_tenant)
     app.router.add_get("/hold", hold)
     app.router.add_get("/job/{kind}", job)
     app.router.add_get("/fail/{name}", fail)
@@ -83,6 +91,11 @@ async def serve(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
 @pytest.mark.asyncio
 async def test_tenants_never_cross() -> None:
     await tenant_scenario(serve, "aiohttp/TestServer")
+
+
+@pytest.mark.asyncio
+async def test_spawned_values_stay_with_their_job() -> None:
+    await job_tenant_scenario(serve, "aiohttp/TestServer")
 
 
 @pytest.mark.asyncio

@@ -43,10 +43,12 @@ from .scenarios import (
     DEADLINE,
     Probe,
     Serve,
+    job_tenant_scenario,
     problem_scenario,
     raw_app,
     release_on_shutdown,
     saturation_scenario,
+    setting_at_startup,
     shutdown_scenario,
     tenant_scenario,
 )
@@ -76,6 +78,30 @@ SERVERS = [
 ]
 
 
+#: What the application's startup code sets, in the app activity.
+STARTUP_TENANT = "set-at-startup"
+
+
+@asynccontextmanager
+async def startup_tenant_on_uvicorn(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
+    app = ActivityMiddleware(setting_at_startup(raw_app(probe), probe, STARTUP_TENANT), **options)
+    async with serve_uvicorn(app) as url:
+        yield url
+
+
+@asynccontextmanager
+async def startup_tenant_on_hypercorn(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
+    app = ActivityMiddleware(setting_at_startup(raw_app(probe), probe, STARTUP_TENANT), **options)
+    async with serve_hypercorn(app) as url:
+        yield url
+
+
+STARTUP_TENANT_SERVERS = [
+    pytest.param(startup_tenant_on_uvicorn, id="uvicorn"),
+    pytest.param(startup_tenant_on_hypercorn, id="hypercorn"),
+]
+
+
 class TestOnRealServers:
     @pytest.mark.asyncio
     @pytest.mark.parametrize("serve", SERVERS)
@@ -95,6 +121,13 @@ class TestOnRealServers:
         self, serve: Serve, request: pytest.FixtureRequest
     ) -> None:
         await shutdown_scenario(serve, f"asgi/{request.node.callspec.id}")
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("serve", STARTUP_TENANT_SERVERS)
+    async def test_background_values_stay_with_their_job(
+        self, serve: Serve, request: pytest.FixtureRequest
+    ) -> None:
+        await job_tenant_scenario(serve, f"asgi/{request.node.callspec.id}")
 
     @pytest.mark.asyncio
     async def test_problem_details(self) -> None:
