@@ -5,14 +5,11 @@ gives it two kinds of activity:
 
 * the *app activity*, opened at lifespan startup and drained at lifespan
   shutdown with its ``shutdown_timeout``, before the application's own
-  shutdown code runs (a server that sends no lifespan gets it opened on first
-  use and closed when the event loop ends, or by
-  :meth:`ActivityMiddleware.aclose`). Work that must outlive the response goes
-  there, in one line, with :func:`run_in_background`: it is bounded by the app
-  activity's admission, sees the request's values, is not cancelled when the
-  client goes away, and is drained at shutdown. The application's startup code
-  runs in the app activity too, so work it starts (a periodic refresh) is
-  drained likewise;
+  shutdown code runs. Work that must outlive the response goes there, in one
+  line, with :func:`run_in_background`: it is bounded by the app activity's
+  admission, sees the request's values, is not cancelled when the client goes
+  away, and is drained at shutdown. The application's startup code runs in the
+  app activity too, so work it starts (a periodic refresh) is drained likewise;
 * a *request activity* for every HTTP request and WebSocket connection, a child
   of the app activity (``request_activity.parent is app_activity``), for work
   that belongs to the request and is awaited before the response.
@@ -29,6 +26,21 @@ starts with those the request (or the work that started it) saw when it handed
 the work over, and a value it sets stays its own. Neither another request's
 work nor a value set in the application's startup code can change what it
 sees.
+
+Without lifespan events (``uvicorn --lifespan off``, or a test client that
+sends none) the app activity is opened by the first request, and background
+work is tied to the request that started it: the request's ASGI call returns
+once the response is sent *and* the work it handed over (and the work that
+work handed over) has finished, as Starlette's ``BackgroundTasks`` do. The
+client has its response at once; a server that waits for in-flight requests
+when it stops (uvicorn does, up to its ``timeout_graceful_shutdown``)
+thereby drains the background work. A request whose application
+raised before it answered returns at once, so that the server can answer.
+The app activity is closed when the asyncio event loop ends (or by
+:meth:`ActivityMiddleware.aclose`, which drains what is left for its
+``shutdown_timeout``); failures that nobody observed (no awaiting, no
+``error_handler``) are then logged on the ``activity.integrations`` logger,
+or raised by :meth:`~ActivityMiddleware.aclose`.
 
 An :class:`~activity.ActivityError` that escapes the application before the
 response started becomes an RFC 9457 problem-details response that carries the
@@ -54,6 +66,7 @@ import contextlib
 import contextvars
 import http
 import inspect
+import logging
 import re
 import traceback
 import types
@@ -133,6 +146,8 @@ DEFAULT_STATUS_MAP: Final[Mapping[HResult, int]] = types.MappingProxyType(
         HResult.E_TIMEOUT: 504,
     }
 )
+
+_logger = logging.getLogger("activity.integrations")
 
 _PROBLEM_JSON: Final = "application/problem+json"
 # A request id taken from a client is echoed back and logged: keep it short and printable.
@@ -216,6 +231,8 @@ _REQUEST_ACTIVITY: Final = ActivityLocal[Activity | None](
 _APP_ACTIVITY: Final = ActivityLocal[Activity | None](
     "activity.integrations.app_activity", default=None
 )
+#: The background work of a request that a server without lifespan waits for.
+_JOBS: Final = ActivityLocal["_Jobs | None"]("activity.integrations.jobs", default=None)
 
 
 def current_request() -> RequestInfo | None:
@@ -292,7 +309,8 @@ async def run_in_background(  # type: ignore[misc]  # mypy and TypeVarTuple over
     app activity's admission, is not cancelled when the client disconnects, and
     is drained at shutdown: it ends completed, failed or cancelled, never
     silently lost. A failure nobody observes goes to the app activity's
-    ``error_handler``, or is raised at shutdown.
+    ``error_handler``, or is raised at shutdown (logged, without lifespan: see
+    the module's documentation).
 
     The work is a call of the app activity with :class:`~activity.ActivityLocal`
     values of its own: it starts with those the caller saw when it handed the
@@ -342,6 +360,9 @@ async def _hand_off(
         call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
     finally:
         _JOB_VALUES.reset(values)
+    jobs = _JOBS.get()
+    if jobs is not None:
+        jobs.add(call)
     return call
 
 
@@ -426,6 +447,26 @@ def _visible_locals(app: Activity) -> dict[Any, Any]:
     for layer in reversed(layers):
         values.update(layer.current() if isinstance(layer, _AppLocals) else layer)
     return values
+
+
+@final
+class _Jobs:
+    """The unfinished background work of one request, for a server that sends no lifespan."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: set[Call[Any]] = set()
+
+    def add(self, call: Call[Any]) -> None:
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
+    async def wait(self) -> None:
+        """Wait until every call, and those that they handed over meanwhile, has finished."""
+        calls = self._calls
+        while calls:
+            await next(iter(calls)).wait()
 
 
 # -- problem details -----------------------------------------------------------------------
@@ -630,11 +671,14 @@ class _AppHost:
     new request.
     """
 
-    __slots__ = ("_closing", "_context", "_opening", "_watcher", "activity", "config")
+    __slots__ = ("_closing", "_context", "_opening", "_watcher", "activity", "config", "managed")
 
     def __init__(self, config: ActivityConfig) -> None:
         self.config = config
         self.activity: Activity | None = None
+        #: Whether a lifespan (or the application's startup and cleanup) opened the
+        #: activity and will close it; else requests wait for their background work.
+        self.managed = False
         self._context: contextvars.Context | None = None
         self._opening: anyio.Event | None = None
         self._closing: anyio.Event | None = None
@@ -644,7 +688,7 @@ class _AppHost:
         """Return the open app activity, opening it first if needed.
 
         :param lazily: opened on first use rather than at lifespan startup: then, on
-            asyncio, it is closed when the event loop cancels the remaining tasks
+            asyncio, it is closed when the event loop ends
         :raises ActivityClosedError: if it is closing
         """
         while True:
@@ -653,6 +697,8 @@ class _AppHost:
                     f"the app activity {self.config.name!r} is closing and takes no request"
                 )
             if self.activity is not None:
+                if not lazily:
+                    self.managed = True
                 return self.activity
             if self._opening is None:
                 break
@@ -667,6 +713,7 @@ class _AppHost:
             await drive_in_context(act.__aenter__(), context)
             context.run(_APP_ACTIVITY.set, act)
             self.activity, self._context = act, context
+            self.managed = not lazily
             if lazily:
                 self._close_at_loop_end()
         finally:
@@ -692,6 +739,7 @@ class _AppHost:
             await drive_in_context(act.__aexit__(None, None, None), context)
         finally:
             self.activity = self._context = None
+            self.managed = False
             self._closing = None
             closing.set()
             watcher, self._watcher = self._watcher, None
@@ -702,7 +750,10 @@ class _AppHost:
         # Without a lifespan nobody says when the application ends; on asyncio the
         # end of the loop does (asyncio.run cancels the tasks that are left), so a
         # task that waits for that cancellation closes the activity. Elsewhere,
-        # ActivityMiddleware.aclose() does.
+        # ActivityMiddleware.aclose() does. By then the server has waited for the
+        # requests, and they for their background work: what is left is work
+        # handed to the app activity by other means, or that outlived the server's
+        # patience, and the loop has cancelled it already.
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -713,7 +764,17 @@ class _AppHost:
         try:
             await asyncio.get_running_loop().create_future()
         finally:
-            await self.close()
+            name = self.config.name
+            try:
+                await self.close()
+            except Exception as failures:
+                # Nobody is left to raise them to: asyncio would only log them as
+                # "unhandled exception during asyncio.run() shutdown", unnamed.
+                _logger.error(
+                    "background work of the app activity %r failed and nobody observed it",
+                    name,
+                    exc_info=failures,
+                )
 
 
 # -- the shared request machinery --------------------------------------------------------------
@@ -800,8 +861,14 @@ class _Web:
         return uuid.uuid4().hex
 
     @contextlib.asynccontextmanager
-    async def request_activity(self, info: RequestInfo) -> AsyncGenerator[Activity]:
-        """Enter a request activity, a child of the app activity, with the request's values."""
+    async def request_activity(
+        self, info: RequestInfo, jobs: _Jobs | None = None
+    ) -> AsyncGenerator[Activity]:
+        """Enter a request activity, a child of the app activity, with the request's values.
+
+        :param jobs: where the request's background work is to be counted, for a
+            server without lifespan
+        """
         app = await self.host.open(lazily=True)
         config = self.request_config
         if config.name is None:
@@ -815,6 +882,8 @@ class _Web:
                 _REQUEST.set(info)
                 _APP_ACTIVITY.set(app)
                 _REQUEST_ACTIVITY.set(request)
+                if jobs is not None:
+                    _JOBS.set(jobs)
                 yield request
         finally:
             _frame.reset(token)
@@ -1055,13 +1124,24 @@ async def _handle_connection(
             await _answer(web, exc, info, response, send_wrapper)
         return
 
+    # Without lifespan the server waits for nothing but requests when it stops: a
+    # request's background work is drained by making the request wait for it.
+    jobs = None if web.host.managed else _Jobs()
     try:
-        async with web.request_activity(info) as request:
-            scope[_SCOPE_REQUEST_ACTIVITY] = request
-            scope[_SCOPE_APP_ACTIVITY] = request.parent
-            await app(scope, receive, send_wrapper)
-    except ActivityError as exc:
-        await _answer(web, exc, info, response, send_wrapper)
+        try:
+            async with web.request_activity(info, jobs) as request:
+                scope[_SCOPE_REQUEST_ACTIVITY] = request
+                scope[_SCOPE_APP_ACTIVITY] = request.parent
+                await app(scope, receive, send_wrapper)
+        except ActivityError as exc:
+            await _answer(web, exc, info, response, send_wrapper)
+    except Exception:
+        # Not before an answer: the server answers once the application returns.
+        if jobs is not None and response.started:
+            await jobs.wait()
+        raise
+    if jobs is not None:
+        await jobs.wait()
 
 
 async def _answer(

@@ -36,8 +36,14 @@ def _listening_socket() -> socket.socket:
 
 
 @asynccontextmanager
-async def serve_uvicorn(app: Any, *, lifespan: Literal["on", "off"] = "on") -> AsyncGenerator[str]:
-    """Serve ``app`` with uvicorn; yield its base URL; stop it gracefully on exit."""
+async def serve_uvicorn(
+    app: Any, *, lifespan: Literal["on", "off"] = "on", stopping: asyncio.Event | None = None
+) -> AsyncGenerator[str]:
+    """Serve ``app`` with uvicorn; yield its base URL; stop it gracefully on exit.
+
+    :param stopping: set on exit once uvicorn has stopped listening, that is once
+        its graceful shutdown (which waits for the requests in flight) has begun
+    """
     sock = _listening_socket()
     port = sock.getsockname()[1]
     config = uvicorn.Config(
@@ -64,6 +70,12 @@ async def serve_uvicorn(app: Any, *, lifespan: Literal["on", "off"] = "on") -> A
     finally:
         server.should_exit = True
         async with asyncio.timeout(DEADLINE):
+            if stopping is not None:
+                while any(s.is_serving() for s in server.servers):
+                    if task.done():
+                        break
+                    await asyncio.sleep(0.01)
+                stopping.set()
             await task
         sock.close()
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
+import httpx
 import pytest
 
 from activity import (
@@ -16,6 +18,7 @@ from activity import (
     ActivityConfig,
     ActivityError,
     AsyncWorkRejectedError,
+    Call,
     CallStatus,
     HResult,
     InvalidArgumentError,
@@ -77,7 +80,6 @@ SERVERS = [
     pytest.param(raw_on_hypercorn, id="hypercorn"),
 ]
 
-
 #: What the application's startup code sets, in the app activity.
 STARTUP_TENANT = "set-at-startup"
 
@@ -133,27 +135,161 @@ class TestOnRealServers:
     async def test_problem_details(self) -> None:
         await problem_scenario(raw_on_uvicorn, "asgi/uvicorn")
 
+
+class TestWithoutLifespan:
     @pytest.mark.asyncio
-    async def test_without_lifespan_the_app_activity_opens_on_first_use(self) -> None:
-        probe = Probe()
-        middleware = ActivityMiddleware(raw_app(probe))
+    async def test_the_server_drains_background_work_as_it_stops(self) -> None:
+        stopping = asyncio.Event()
+        calls: list[Call[None]] = []
+        reported: list[tuple[str, BaseException]] = []
+
+        async def finishing() -> None:
+            await stopping.wait()
+            # Still at work once uvicorn has nothing else to wait for.
+            await asyncio.sleep(0.5)
+
+        async def failing() -> None:
+            await finishing()
+            raise ValueError("the receipt printer is out of paper")
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            assert scope["type"] == "http", "no lifespan: uvicorn sends none"
+            work = failing if scope["path"] == "/fail" else finishing
+            calls.append(await run_in_background(work, name=scope["path"]))
+            await respond(scope, receive, send)
+
+        def error_handler(call: Call[Any], exc: BaseException) -> None:
+            reported.append((call.name, exc))
+
+        paths = ["/ok"] * 10 + ["/fail"] * 2
+        middleware = ActivityMiddleware(app, app_options={"error_handler": error_handler})
         assert middleware.app_activity is None
         async with (
-            serve_uvicorn(middleware, lifespan="off") as url,
-            aiohttp.ClientSession() as session,
+            serve_uvicorn(middleware, lifespan="off", stopping=stopping) as url,
+            httpx.AsyncClient(base_url=url, timeout=DEADLINE) as client,
         ):
-            async with session.get(f"{url}/job/finishing") as response:
-                assert response.status == 200
-            app = middleware.app_activity
-            assert app is not None
-            assert app is probe.app_activity
-        # No lifespan: the server stopped and the activity is still open.
-        assert middleware.app_activity is app
-        probe.release.set()
-        await middleware.aclose()
+            responses = await asyncio.gather(*(client.get(path) for path in paths))
+            assert [response.status_code for response in responses] == [200] * len(paths)
+            # Every response is in, and the work waits for the server to stop.
+            assert [call.status for call in calls] == [CallStatus.RUNNING] * len(paths)
+            app_activity = middleware.app_activity
+            assert app_activity is not None  # opened by the first request
+        # uvicorn waited for its requests, and they for their background work.
+        assert sorted((call.name, call.status) for call in calls) == sorted(
+            [("/ok", CallStatus.COMPLETED)] * 10 + [("/fail", CallStatus.FAILED)] * 2
+        )
+        assert [(name, str(exc)) for name, exc in reported] == [
+            ("/fail", "the receipt printer is out of paper")
+        ] * 2
+        stats = app_activity.statistics()
+        assert (stats.accepted, stats.completed, stats.failed) == (12, 10, 2)
+        assert middleware.app_activity is app_activity
+        await middleware.aclose()  # the failures were observed: nothing to raise
         assert middleware.app_activity is None
-        assert [call.status for call in probe.calls] == [CallStatus.COMPLETED]
-        assert app.statistics().completed == 1
+
+    def test_unobserved_failures_are_logged_when_the_loop_ends(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        calls: list[Call[None]] = []
+
+        async def main() -> Activity | None:
+            stopping = asyncio.Event()
+
+            async def failing() -> None:
+                await stopping.wait()
+                raise ValueError("the receipt printer is out of paper")
+
+            async def app(scope: Scope, receive: Receive, send: Send) -> None:
+                calls.append(await run_in_background(failing))
+                await respond(scope, receive, send)
+
+            middleware = ActivityMiddleware(app, app_options={"name": "shop"})
+            async with (
+                serve_uvicorn(middleware, lifespan="off", stopping=stopping) as url,
+                httpx.AsyncClient(base_url=url, timeout=DEADLINE) as client,
+            ):
+                assert (await client.get("/order")).status_code == 200
+                assert [call.status for call in calls] == [CallStatus.RUNNING]
+            # Drained as the server stopped, not cancelled at the end of the loop.
+            assert [call.status for call in calls] == [CallStatus.FAILED]
+            return middleware.app_activity
+
+        with caplog.at_level(logging.ERROR):
+            app_activity = asyncio.run(main())
+        assert app_activity is not None
+        assert app_activity.statistics().failed == 1
+        records = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [(r.name, r.getMessage()) for r in records] == [
+            (
+                "activity.integrations",
+                "background work of the app activity 'shop' failed and nobody observed it",
+            )
+        ]
+        assert records[0].exc_info is not None
+        group = records[0].exc_info[1]
+        assert isinstance(group, ExceptionGroup)
+        failures = cast("ExceptionGroup[Exception]", group).exceptions
+        assert [str(exc) for exc in failures] == ["the receipt printer is out of paper"]
+
+    def test_work_left_when_the_loop_ends_is_cancelled_and_counted(self) -> None:
+        # asyncio.run cancels the tasks left at its end: a request still waiting for
+        # its background work, and that work. The app activity opened on first use
+        # is closed then, and the work is reported cancelled.
+        started: list[Call[None]] = []
+
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            started.append(await run_in_background(forever))
+            await respond(scope, receive, send)
+
+        middleware = ActivityMiddleware(app, app_options={"shutdown_timeout": 0})
+
+        async def main() -> Activity | None:
+            exchange = Exchange()
+            answered = asyncio.Event()
+
+            async def send(message: Message) -> None:
+                await exchange.send(message)
+                if message["type"] == "http.response.body":
+                    answered.set()
+
+            request = asyncio.create_task(middleware(http_scope(), exchange.receive, send))
+            async with asyncio.timeout(DEADLINE):
+                await answered.wait()
+            # Answered, and waiting for its background work.
+            assert exchange.status == 200
+            assert not request.done()
+            return middleware.app_activity
+
+        app_activity = asyncio.run(main())
+        assert app_activity is not None
+        assert middleware.app_activity is None
+        assert [call.status for call in started] == [CallStatus.CANCELLED]
+        stats = app_activity.statistics()
+        assert (stats.accepted, stats.cancelled) == (1, 1)
+
+    @pytest.mark.asyncio
+    async def test_a_request_that_raised_before_answering_returns_at_once(self) -> None:
+        started: list[Call[None]] = []
+
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            started.append(await run_in_background(forever))
+            raise RuntimeError("the server answers this one")
+
+        middleware = ActivityMiddleware(app, app_options={"shutdown_timeout": 0})
+        exchange = Exchange()
+        with pytest.raises(RuntimeError, match="the server answers this one"):
+            async with asyncio.timeout(DEADLINE):
+                await middleware(http_scope(), exchange.receive, exchange.send)
+        assert exchange.sent == []
+        assert [call.status for call in started] == [CallStatus.RUNNING]
+        await middleware.aclose()
+        assert [call.status for call in started] == [CallStatus.CANCELLED]
 
     @pytest.mark.asyncio
     async def test_statistics_list_the_open_requests(self) -> None:
@@ -433,32 +569,6 @@ class TestAtTheASGILevel:
             "lifespan.shutdown.failed",
         ]
         assert "the receipt printer is out of paper" in outbox[1]["message"]
-
-    def test_without_lifespan_the_loop_end_closes_the_app_activity(self) -> None:
-        # asyncio.run cancels the tasks left at its end; the app activity opened on
-        # first use is closed then, and its unfinished work is reported cancelled.
-        started: list[Any] = []
-
-        async def forever() -> None:
-            await asyncio.Event().wait()
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            started.append(await run_in_background(forever))
-            await respond(scope, receive, send)
-
-        middleware = ActivityMiddleware(app, app_options={"shutdown_timeout": 0})
-
-        async def main() -> Activity | None:
-            exchange = Exchange()
-            await middleware(http_scope(), exchange.receive, exchange.send)
-            return middleware.app_activity
-
-        app_activity = asyncio.run(main())
-        assert app_activity is not None
-        assert middleware.app_activity is None
-        assert [call.status for call in started] == [CallStatus.CANCELLED]
-        stats = app_activity.statistics()
-        assert (stats.accepted, stats.cancelled) == (1, 1)
 
     @pytest.mark.asyncio
     async def test_run_in_background_needs_an_app_activity(self) -> None:
