@@ -28,6 +28,8 @@ from .scenarios import (
     fail_endpoint,
     hold_endpoint,
     job_endpoint,
+    job_tenant_endpoint,
+    job_tenant_scenario,
     problem_scenario,
     release_on_shutdown,
     saturation_scenario,
@@ -35,6 +37,7 @@ from .scenarios import (
     tenant_endpoint,
     tenant_scenario,
 )
+from .scenarios import tenant as tenant_local
 from .servers import serve_uvicorn
 
 if TYPE_CHECKING:
@@ -43,11 +46,21 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 
-def starlette_app(probe: Probe, options: dict[str, Any], *, startup_job: bool = False) -> Starlette:
+def starlette_app(
+    probe: Probe,
+    options: dict[str, Any],
+    *,
+    startup_job: bool = False,
+    startup_tenant: str | None = None,
+) -> Starlette:
     async def tenant(request: Request) -> PlainTextResponse:
         assert request_activity(request) is current_request_activity()
         assert app_activity(request) is current_app_activity()
         return PlainTextResponse(await tenant_endpoint(probe, request.headers["x-tenant"]))
+
+    async def job_tenant(request: Request) -> PlainTextResponse:
+        tenant_name = request.headers.get("x-tenant")
+        return PlainTextResponse(await job_tenant_endpoint(probe, tenant_name))
 
     async def hold(request: Request) -> PlainTextResponse:
         return PlainTextResponse(await hold_endpoint(probe))
@@ -66,6 +79,9 @@ def starlette_app(probe: Probe, options: dict[str, Any], *, startup_job: bool = 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncGenerator[None]:
+        if startup_tenant is not None:
+            tenant_local.set(startup_tenant)  # in the app activity
+            probe.app_tenant = startup_tenant
         if startup_job:
             # Startup code runs in the app activity: work it starts is the app's.
             app.state.startup_job = await run_in_background(probe.release.wait, name="refresh")
@@ -74,6 +90,7 @@ def starlette_app(probe: Probe, options: dict[str, Any], *, startup_job: bool = 
     return Starlette(
         routes=[
             Route("/tenant", tenant),
+            Route("/job-tenant", job_tenant),
             Route("/hold", hold),
             Route("/job/{kind}", job),
             Route("/fail/{name}", fail),
@@ -94,6 +111,19 @@ async def serve(probe: Probe, options: dict[str, Any]) -> AsyncGenerator[str]:
 @pytest.mark.asyncio
 async def test_tenants_never_cross() -> None:
     await tenant_scenario(serve, "starlette/uvicorn")
+
+
+@pytest.mark.asyncio
+async def test_background_values_stay_with_their_job() -> None:
+    @asynccontextmanager
+    async def serve_with_startup_tenant(
+        probe: Probe, options: dict[str, Any]
+    ) -> AsyncGenerator[str]:
+        app = starlette_app(probe, options, startup_tenant="set-at-startup")
+        async with serve_uvicorn(app) as url:
+            yield url
+
+    await job_tenant_scenario(serve_with_startup_tenant, "starlette/uvicorn")
 
 
 @pytest.mark.asyncio
