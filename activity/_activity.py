@@ -1554,7 +1554,16 @@ class Activity:
         blocks until the call has finished, and gets its result or its
         exception. Called from a blocking call of the activity itself (whose
         thread carries the call's chain), it re-enters the activity's
-        synchronization domain instead of deadlocking.
+        synchronization domain instead of deadlocking, and the chain's
+        blocking calls made meanwhile (``fn`` itself, if it is one) run on the
+        calling thread, which waits for them anyway: the apartment's thread of
+        an STA activity, or the worker thread that holds the chain's place
+        under ``thread_limit``. As COM+ re-enters an apartment, they never wait
+        for a thread that the chain itself holds.
+
+        A ``StopIteration`` raised by a blocking ``fn`` reaches the caller as
+        ``RuntimeError`` whose ``__cause__`` it is, as on every path of the
+        activity (a ``StopIteration`` cannot be raised through an ``await``).
 
         :return: what ``fn`` returned
         :raises ActivityClosedError: if the activity is not open or its loop has ended
@@ -1568,6 +1577,10 @@ class Activity:
             return await self.synchronous_call(fn, *args, timeout=timeout)
 
         try:
+            dispatcher = self._dispatcher
+            host = None if dispatcher is None else dispatcher.reentry_host(frame)
+            if host is not None:
+                return host.run(run)
             return anyio.from_thread.run(run, token=token)
         except anyio.RunFinishedError:
             raise ActivityClosedError(

@@ -7,15 +7,17 @@ when it is entered:
 is one native task created with the call's context, finished by a done
 callback: there is no wrapper coroutine and no anyio task group, whose
 per-task cancel scope costs several times a native task. A blocking call is
-one work item on a thread pool lent to the activity alone, whose size is the
-activity's ``thread_limit`` (never asyncio's default executor); the work
-item's done callback asks the loop to finish the call, with no task and no
-asyncio future in between. A call cancelled while its thread runs is
-finished at once, abandoned: the thread cannot be stopped, and its result is
-ignored. Pools are lent, not made: an activity that closes hands its idle
-pool back for the next one with the same limit, so a server that opens an
-activity per request does not start threads per request. Calls that need
-more (a synchronization domain to enter, an STA thread, the loop thread after
+one work item on the process-wide pool of worker threads (never asyncio's
+default executor), taken under the activity's own share of it,
+:class:`Workers`, which lets at most the activity's ``thread_limit`` of its
+items hold a thread at once; the work item's done callback asks the loop to
+finish the call, with no task and no asyncio future in between. A call
+cancelled while its thread runs is finished at once, abandoned: the thread
+cannot be stopped, and its result is ignored. The pool is shared by every
+activity whatever its limit, so a server that opens an activity per request
+does not start threads per request; a thread idle for
+:data:`WORKER_IDLE_TIMEOUT` seconds ends. Calls that need more (a
+synchronization domain to enter, an STA thread, the loop thread after
 ``bind_to_current_thread()``) run in one wrapper task each.
 
 ``TrioDispatcher`` (trio, the other loop anyio runs on) starts each call as
@@ -23,7 +25,8 @@ a task of a trio nursery whose only frame, besides the body's, is the one
 that runs the body inside a trio cancel scope and then finishes the call.
 There is no anyio task group and no anyio cancel scope: each wraps trio's
 own and about doubles what a call in flight costs. Blocking calls go through
-``anyio.to_thread.run_sync`` with the activity's ``CapacityLimiter``.
+``anyio.to_thread.run_sync`` (trio's own cache of threads, which also end when
+idle) with the activity's ``CapacityLimiter``.
 
 Both run a ``synchronous_call`` *inline*, in the caller's own task: the body's
 coroutine is driven step by step inside the call's context by
@@ -41,6 +44,22 @@ the activity. Unbound, the apartment moves to a fresh thread when its thread is
 held by an abandoned (cancelled or timed-out) call; bound
 (``BIND_TO_POOL_THREAD``) it never changes thread, so thread-affine objects made
 there stay usable.
+
+A blocking body that calls back into its own activity with
+``synchronous_call_from_thread`` blocks its thread until the nested call ends.
+That thread is the apartment's, or holds one of the activity's places in the
+pool: a nested blocking call of the same call chain that waited for a thread
+would wait for itself. As COM+ re-enters an apartment on the thread that waits
+in it, the waiting thread becomes a :class:`ReentryHost` for its chain: the
+chain's blocking calls run on it, one at a time, until the call back returns.
+
+A blocking body's exception is the call's, unchanged, except for
+``StopIteration``: it cannot be raised through an ``await`` (PEP 479 turns it
+into ``RuntimeError`` in any coroutine it leaves, and asyncio futures refuse
+it), so on every path, a worker thread, an STA thread or the loop thread, a
+call whose body raised it fails with ``RuntimeError`` whose ``__cause__`` is
+that ``StopIteration``, traceback kept: what a coroutine body raising it fails
+with too.
 """
 
 from __future__ import annotations
@@ -55,6 +74,7 @@ import os
 import queue
 import threading
 import types
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard
 
 import anyio
@@ -76,11 +96,30 @@ from ._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Generator
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
+    from typing import TypeAlias
 
     from ._activity import Activity
 
-__all__ = ["Apartment", "AsyncioDispatcher", "Dispatcher", "Event", "Outcome", "TrioDispatcher"]
+    #: Starts ``fn()`` as a task on a loop, in ``context``, from another thread;
+    #: raises ``anyio.RunFinishedError`` if the loop has finished.
+    _StartTask: TypeAlias = Callable[
+        [Callable[[], Coroutine[Any, Any, None]], contextvars.Context], None
+    ]
+
+__all__ = [
+    "WORKER_IDLE_MAX",
+    "WORKER_IDLE_TIMEOUT",
+    "Apartment",
+    "AsyncioDispatcher",
+    "Dispatcher",
+    "Event",
+    "Outcome",
+    "ReentryHost",
+    "TrioDispatcher",
+    "WorkerPool",
+    "Workers",
+]
 
 #: (status, result, exception) of a finished call.
 Outcome = tuple[CallStatus, Any, BaseException | None]
@@ -106,6 +145,7 @@ class Dispatcher(Protocol):
     async def wait_event(self, event: Event, timeout: float | None) -> bool: ...
     async def wait_event_shielded(self, event: Event) -> None: ...
     async def aclose(self) -> None: ...
+    def reentry_host(self, frame: object) -> ReentryHost | None: ...
 
 
 @types.coroutine
@@ -214,12 +254,28 @@ def _cancelled_outcome(call: Call[Any]) -> Outcome:
     return CANCELLED, None, None
 
 
+def stop_iteration_error(stop: StopIteration) -> RuntimeError:
+    """What a call whose body raised ``stop`` fails with (see the module doc)."""
+    error = RuntimeError("the call's body raised StopIteration, which cannot cross an await")
+    error.__cause__ = stop  # which also suppresses the context, as 'raise ... from' does
+    return error
+
+
+def _run_here(run: Callable[..., Any], fn: Any, args: tuple[Any, ...]) -> Any:
+    """``run(fn, *args)`` in the caller's thread, a ``StopIteration`` made a ``RuntimeError``."""
+    try:
+        return run(fn, *args)
+    except StopIteration as stop:
+        raise stop_iteration_error(stop) from stop
+
+
 _PENDING: Final = 0
 _RUNNING: Final = 1
 _FINISHED: Final = 2
 _CANCELLED: Final = 3
 #: Guards a work item's one contested step: a thread starting it, or the loop cancelling it.
-_claim: Final = threading.Lock()
+#: Not final: a forked child makes a new one (another thread may have held it at the fork).
+_claim = threading.Lock()
 
 
 class WorkItem:
@@ -231,9 +287,13 @@ class WorkItem:
     nobody blocks on a work item, they are told by the callback. Its cycle
     costs a few hundred nanoseconds instead of some three microseconds, which
     a call awaited one at a time pays between the thread's wake-ups.
+
+    A body that raises ``StopIteration`` fails with a ``RuntimeError`` whose
+    ``__cause__`` it is (see the module doc): the work item is read from
+    coroutines, which cannot raise a ``StopIteration``.
     """
 
-    __slots__ = ("_args", "_exception", "_fn", "_on_done", "_release", "_result", "_run", "_state")
+    __slots__ = ("_args", "_exception", "_fn", "_on_done", "_result", "_run", "_state")
 
     def __init__(
         self,
@@ -246,8 +306,6 @@ class WorkItem:
         self._fn = fn
         self._args = args
         self._on_done = on_done
-        #: What its pool counts free when the item is cancelled before it starts.
-        self._release: Callable[[], None] | None = None
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -262,7 +320,7 @@ class WorkItem:
             if started:
                 self._state = _RUNNING
         if not started:
-            return False  # cancelled while queued: cancel() has released it and told on_done
+            return False  # cancelled while queued: cancel() has told on_done
         run, fn, args = self._run, self._fn, self._args
         self._run = self._fn = None
         self._args = ()
@@ -270,7 +328,7 @@ class WorkItem:
         try:
             result = run(fn, *args)
         except BaseException as exc:
-            self._exception = exc
+            self._exception = stop_iteration_error(exc) if isinstance(exc, StopIteration) else exc
             self._state = _FINISHED
             # The traceback keeps this frame: it must not keep the item (a cycle
             # through the exception) nor the body and its arguments.
@@ -297,9 +355,6 @@ class WorkItem:
         if state == _PENDING:
             self._run = self._fn = None
             self._args = ()
-            release = self._release
-            if release is not None:
-                release()  # no thread will run it: free its place in the pool's count now
             self.notify()
             return True
         return state == _CANCELLED
@@ -387,6 +442,11 @@ class Apartment:
         thread.queue.put(item)
         return item
 
+    def runs_on_current_thread(self) -> bool:
+        """Whether the calling thread is the apartment's (not one it moved away from)."""
+        sta = self._thread
+        return sta is not None and sta.thread is threading.current_thread()
+
     def abandon(self) -> None:
         """The thread is held by an abandoned call: unbound, move to a fresh one."""
         if not self._bound and self._thread is not None:
@@ -404,27 +464,138 @@ class Apartment:
         return [sta.thread for sta in threads]
 
 
-class Workers:
-    """A thread pool lent to one activity at a time; its size is the activity's thread limit.
+#: Seconds a thread of the worker pool waits for work before it ends. Each wait
+#: reads it anew, so a test may shrink it (``monkeypatch.setattr``) and see the
+#: threads that run its work end soon after.
+WORKER_IDLE_TIMEOUT: float = 10.0
+#: Idle threads the worker pool keeps at most when the open activities' limits add
+#: up to less (a default activity's ``thread_limit``): a thread that would be one
+#: more ends as soon as it is idle.
+WORKER_IDLE_MAX: int = 40
 
-    Threads start as work needs them, up to ``limit``, and then wait on one
-    queue. A thread counts itself free before it completes a work item, whose
-    done callback tells the loop; after that it only goes back to the queue.
-    Between the loop's wake-up and the call's end there is no lock and no
-    condition to pass (``ThreadPoolExecutor`` has both, and holds the GIL for
-    them while the loop waits to run).
+#: Marks, per thread, that the thread runs blocking bodies for the activities:
+#: one of a worker pool's, or one of anyio's for trio.
+_worker_threads = threading.local()
+_thread_numbers = itertools.count(1)
+
+
+class WorkerPool:
+    """Threads that run blocking bodies for the activities' shares of them (:class:`Workers`).
+
+    One pool serves the whole process (each share may be given its own, as
+    tests do). Items wait in one queue for the threads that wait for work, and
+    a thread starts only when none waits. A thread that has nothing to do waits
+    up to :data:`WORKER_IDLE_TIMEOUT` seconds for work, then ends; one that
+    would make the idle threads more than the open shares' limits add up to,
+    or :data:`WORKER_IDLE_MAX` if that is more, ends at once.
     """
 
-    __slots__ = ("_busy", "_lock", "_name", "_queue", "_threads", "limit")
+    __slots__ = ("_capacity", "_jobs", "_lock", "_spare")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._name = f"activity-worker-{next(_pool_numbers)}"
-        self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        #: Guards the counts of the pool and its shares: taken once when an item is
+        #: submitted and once when a thread ends one.
         self._lock = threading.Lock()
-        #: Work items submitted and not finished (abandoned ones included).
+        #: Items handed to the threads that wait for work, each with the share it
+        #: holds a place of; ``None`` ends the thread that takes it.
+        self._jobs: queue.SimpleQueue[tuple[WorkItem, Workers] | None] = queue.SimpleQueue()
+        #: Threads waiting for work (or on their way to), less the items queued for them.
+        self._spare = 0
+        #: The sum of the limits of the shares not shut down: what may run at once.
+        self._capacity = 0
+
+    def _new_thread(self, item: WorkItem, workers: Workers) -> None:
+        """Start a thread with ``item`` as its first work."""
+        name = f"activity-worker-pool_{next(_thread_numbers)}"
+        # A daemon: an abandoned call that never returns must not keep the process alive.
+        threading.Thread(target=self._serve, args=(item, workers), name=name, daemon=True).start()
+
+    def _serve(self, item: WorkItem, workers: Workers) -> None:
+        """A thread of the pool: run ``item``, then what comes, until idle too long."""
+        _worker_threads.serving = True
+        get = self._jobs.get
+        while True:
+            ran = item.execute()
+            with self._lock:
+                following = workers._next_queued()
+                stay = following is not None or self._spare < max(WORKER_IDLE_MAX, self._capacity)
+                if following is None and stay:
+                    self._spare += 1
+            # Counted free before telling: the call's end may submit the next item.
+            if ran:
+                item.notify()
+            del item
+            if following is not None:
+                item = following  # the activity's next queued item, on the same place
+                continue
+            del workers
+            if not stay:
+                return
+            while True:
+                try:
+                    job = get(timeout=WORKER_IDLE_TIMEOUT)
+                except queue.Empty:
+                    with self._lock:
+                        # With no spare thread, an item was queued for this one as it
+                        # timed out: it stays to take it.
+                        leave = self._spare > 0
+                        if leave:
+                            self._spare -= 1
+                    if leave:
+                        return
+                else:
+                    if job is None:
+                        return  # one idle thread too many (see Workers.shutdown)
+                    item, workers = job
+                    del job
+                    break
+
+
+#: The pool of the process.
+_shared_pool = WorkerPool()
+
+
+class Workers:
+    """An activity's share of the process-wide worker threads: at most ``limit`` at once.
+
+    Every activity's blocking calls run on one :class:`WorkerPool`, shared
+    whatever the activities' limits. An activity's items take one of its
+    ``limit`` places each; with none free, an item waits in the activity's own
+    queue, and a thread that ends one of the activity's items runs the next
+    queued one itself. A place is held until the body returns, also by an
+    abandoned call (its thread cannot be stopped), and the thread counts its
+    place free before it tells the item's done callback. Between the loop's
+    wake-up and the call's end there is no lock and no condition to pass
+    (``ThreadPoolExecutor`` has both, and holds the GIL for them while the
+    loop waits to run).
+
+    The pool's threads are those running bodies, at most the sum of the
+    ``thread_limit`` of the open activities (and those held by abandoned calls),
+    and idle ones: at most that sum or :data:`WORKER_IDLE_MAX`, whichever is
+    larger, each ending after :data:`WORKER_IDLE_TIMEOUT` seconds without work.
+    When an activity closes, idle threads beyond that bound end at once. Once
+    every activity has closed and the timeout has passed, only threads held by
+    abandoned calls remain.
+
+    :param limit: how many of the share's items may hold a thread at once
+    :param pool: the threads to share (default: the process's)
+    """
+
+    __slots__ = ("_backlog", "_busy", "_open", "_pool", "limit")
+
+    def __init__(self, limit: int, pool: WorkerPool | None = None) -> None:
+        self.limit = limit
+        self._pool = pool = _shared_pool if pool is None else pool
+        #: Items holding one of the places: handed to a thread, and not finished.
         self._busy = 0
-        self._threads = 0
+        #: Items waiting for a place, in submission order.
+        self._backlog: deque[WorkItem] = deque()
+        self._open = True
+        with pool._lock:
+            pool._capacity += limit
 
     def submit(
         self,
@@ -435,77 +606,86 @@ class Workers:
     ) -> WorkItem:
         """Run ``run(fn, *args)`` on a thread of the pool; ``on_done`` is told when it ends."""
         item = WorkItem(run, fn, args, on_done)
-        item._release = self._release_one
-        with self._lock:
-            self._busy += 1
-            # While busy <= threads, every queued item has an idle thread to take it.
-            number = self._threads + 1 if self._busy > self._threads < self.limit else 0
-            if number:
-                self._threads = number
-        if number:
-            try:
-                self._start_thread(number)
-            except BaseException:
-                # No new thread (the system's limit): the pool's others take the
-                # item when one is free; with none, nothing is left counted.
-                with self._lock:
-                    self._threads -= 1
-                    alone = self._threads == 0
-                    if alone:
-                        self._busy -= 1
-                if alone:
-                    raise
-        self._queue.put(item)
+        self._start_thread(item)
         return item
 
-    def _start_thread(self, number: int) -> None:
-        thread = threading.Thread(target=self._serve, name=f"{self._name}_{number}")
-        # A daemon: an abandoned call that never returns must not keep the process alive.
-        thread.daemon = True
-        thread.start()
+    def _start_thread(self, item: WorkItem) -> None:
+        """Start ``item`` on a thread: a waiting one, a new one, or the share's next free one.
 
-    def _serve(self) -> None:
-        get = self._queue.get
-        while (item := get()) is not None:
-            if item.execute():
-                self._release_one()  # counted free first: the loop may return the pool once told
-                item.notify()
-            del item
+        :raises RuntimeError: if no thread could be started and none of the share's
+            items runs (nothing is left counted then)
+        """
+        pool = self._pool
+        with pool._lock:
+            if self._busy >= self.limit:
+                self._backlog.append(item)
+                return
+            self._busy += 1
+            waiting = pool._spare > 0
+            if waiting:
+                pool._spare -= 1
+        if waiting:
+            pool._jobs.put((item, self))
+            return
+        try:
+            pool._new_thread(item, self)
+        except BaseException:
+            # No thread (the system's limit): a thread that ends one of the
+            # share's other items takes this one; with none, nothing is left
+            # counted and the caller is told.
+            with pool._lock:
+                self._busy -= 1
+                alone = self._busy == 0
+                if not alone:
+                    self._backlog.appendleft(item)  # it came before those queued
+            if alone:
+                raise
 
-    def _release_one(self) -> None:
-        with self._lock:
-            self._busy -= 1
+    def _next_queued(self) -> WorkItem | None:
+        """A thread ended one of the items: the next queued one keeps its place, or it is free.
+
+        Called with the pool's lock held.
+        """
+        backlog = self._backlog
+        while backlog:
+            item = backlog.popleft()
+            if not item.cancelled():
+                return item
+        self._busy -= 1
+        return None
 
     @property
     def idle(self) -> bool:
-        """Whether no thread of the pool runs anything (no abandoned call holds one)."""
+        """Whether no item of the share holds a thread (no abandoned call holds one)."""
         return self._busy == 0
 
     def shutdown(self) -> None:
-        """Cancel the work no thread has started; each thread ends after its current item."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item.cancel()  # which frees its place in the count, unless it already has
-        for _ in range(self._threads):
-            self._queue.put(None)
+        """Cancel the queued work, and end the idle threads that the pool no longer needs.
 
-
-_pool_numbers = itertools.count(1)
-_idle_pools: dict[int, list[Workers]] = {}
-_idle_pools_lock = threading.Lock()
-#: Idle pools kept per thread limit; more are shut down.
-_MAX_IDLE_POOLS = 8
+        The threads that run the share's items go back to the pool after.
+        """
+        pool = self._pool
+        with pool._lock:
+            queued = list(self._backlog)
+            self._backlog.clear()
+            surplus = 0
+            if self._open:
+                self._open = False
+                pool._capacity = max(0, pool._capacity - self.limit)
+                surplus = pool._spare - max(WORKER_IDLE_MAX, pool._capacity)
+                if surplus > 0:
+                    pool._spare -= surplus
+        for _ in range(surplus):
+            pool._jobs.put(None)
+        for item in queued:
+            item.cancel()
 
 
 def _forget_idle_pools() -> None:
-    """In a forked child: the idle pools' threads stayed in the parent."""
-    global _idle_pools_lock  # it may have been held at the fork
-    _idle_pools_lock = threading.Lock()
-    _idle_pools.clear()
+    """In a forked child: the pool's threads stayed in the parent, and its locks and queue."""
+    global _claim
+    _claim = threading.Lock()
+    _shared_pool._reset()  # in place: the shares made before the fork use it
 
 
 if hasattr(os, "register_at_fork"):
@@ -513,27 +693,152 @@ if hasattr(os, "register_at_fork"):
 
 
 def borrow_workers(limit: int) -> Workers:
-    """Lend a pool of ``limit`` threads: an idle one if there is one, else a new one."""
-    with _idle_pools_lock:
-        idle = _idle_pools.get(limit)
-        if idle:
-            return idle.pop()
+    """An activity's share of the pool, at most ``limit`` threads at once."""
     return Workers(limit)
 
 
-def return_workers(workers: Workers) -> None:
-    """Take a pool back: keep it for the next activity if it is idle, else shut it down."""
-    with _idle_pools_lock:
-        idle = _idle_pools.setdefault(workers.limit, [])
-        if workers.idle and len(idle) < _MAX_IDLE_POOLS:
-            idle.append(workers)
-            return
-    # Threads abandoned by a cancelled call cannot be stopped; do not wait for them.
-    workers.shutdown()
+#: The host the current code's chain runs its blocking calls on, if any (set in
+#: the task that a ``synchronous_call_from_thread`` runs on the loop).
+_hosting: Final[contextvars.ContextVar[ReentryHost | None]] = contextvars.ContextVar(
+    "activity.reentry_host", default=None
+)
+
+
+class ReentryHost:
+    """A thread blocked in ``synchronous_call_from_thread`` that runs its chain's blocking calls.
+
+    The thread runs a blocking call of the activity (it is the apartment's
+    thread, or holds one of the activity's places in the pool) and waits for a
+    call back into the activity, which continues the thread's call chain. A
+    blocking call of that chain made meanwhile (the call back itself, or one
+    that it makes in turn) runs on this thread, one at a time, in the call's
+    own context: queued for the apartment or for a place in the pool, it would
+    wait for the thread that waits for it. Other chains' calls never run here.
+
+    Made by :meth:`AsyncioDispatcher.reentry_host` or
+    :meth:`TrioDispatcher.reentry_host`, in the waiting thread.
+    """
+
+    __slots__ = (
+        "_activity",
+        "_causality",
+        "_closed",
+        "_loop_cancelled",
+        "_outcome",
+        "_queue",
+        "_start",
+    )
+
+    def __init__(
+        self,
+        activity: Activity,
+        causality: object,
+        start: _StartTask,
+        loop_cancelled: type[BaseException],
+    ) -> None:
+        self._activity = activity
+        self._causality = causality
+        #: Starts a task on the loop, from this thread, without waiting for it.
+        self._start = start
+        #: What the loop cancels its tasks with.
+        self._loop_cancelled = loop_cancelled
+        #: Set on the loop once the call back has ended: nothing is routed here after.
+        self._closed = False
+        self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
+        self._outcome: tuple[bool, Any] = (False, None)
+
+    def takes(self, call: Call[Any]) -> bool:
+        """Whether ``call`` (a blocking call, on the loop) runs on this thread."""
+        return (
+            call._causality is self._causality
+            and call._activity is self._activity
+            and not self._closed
+        )
+
+    def submit(
+        self,
+        run: Callable[..., Any],
+        fn: Any,
+        args: tuple[Any, ...],
+        on_done: Callable[[WorkItem], object] | None = None,
+    ) -> WorkItem:
+        """Queue ``run(fn, *args)`` for the waiting thread (from the loop)."""
+        item = WorkItem(run, fn, args, on_done)
+        self._queue.put(item)
+        return item
+
+    def run(self, call_back: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """In the waiting thread: run ``call_back()`` on the loop, and the chain's work here.
+
+        :return: what ``call_back()`` returned (what it raised is raised)
+        :raises anyio.RunFinishedError: if the loop has finished, or ended the call back
+        """
+        self._start(functools.partial(self._call_back, call_back), contextvars.copy_context())
+        get = self._queue.get
+        while (item := get()) is not None:
+            if item.execute():
+                item.notify()
+            del item
+        completed, value = self._outcome
+        self._outcome = (False, None)
+        if completed:
+            return value
+        try:
+            raise value
+        finally:
+            del value  # no cycle through the traceback's frame
+
+    async def _call_back(self, call_back: Callable[[], Awaitable[Any]]) -> None:
+        """The task on the loop: the call back, with this host as its chain's."""
+        _hosting.set(self)
+        try:
+            self._outcome = (True, await call_back())
+        except BaseException as exc:
+            if isinstance(exc, self._loop_cancelled):
+                # Only the loop's end cancels this task.
+                self._outcome = (False, anyio.RunFinishedError())
+            else:
+                self._outcome = (False, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._closed = True
+            self._queue.put(None)
+
+
+def _host_of(call: Call[Any]) -> ReentryHost | None:
+    """The host that runs ``call`` (a blocking call), if its chain has one (on the loop)."""
+    host = _hosting.get()
+    return host if host is not None and host.takes(call) else None
+
+
+def _reentry_host(
+    activity: Activity,
+    frame: object,
+    apartment: Apartment | None,
+    start: _StartTask,
+    loop_cancelled: type[BaseException],
+) -> ReentryHost | None:
+    """A host for a thread that calls back into ``activity`` from ``frame``, if it needs one.
+
+    It does when the thread runs one of the activity's blocking calls, whose chain
+    it continues: on the apartment's thread, or on a worker thread.
+    """
+    if type(frame) is not Call or frame._activity is not activity or frame._kind is not BLOCKING:
+        return None
+    causality = frame._causality
+    if causality is None:  # abandoned: the call has ended, and its chain with it
+        return None
+    if apartment is not None:
+        if not apartment.runs_on_current_thread():
+            return None
+    elif not getattr(_worker_threads, "serving", False):
+        return None  # a thread of the body's own: it holds no place of the activity's
+    return ReentryHost(activity, causality, start, loop_cancelled)
 
 
 class AsyncioDispatcher:
-    """Native asyncio tasks and a lent thread pool (see the module doc)."""
+    """Native asyncio tasks and a share of the worker pool (see the module doc)."""
 
     __slots__ = (
         "_activity",
@@ -561,10 +866,15 @@ class AsyncioDispatcher:
         return workers
 
     async def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> Any:
-        """Run a blocking call's body on the lent pool and wait for its result."""
+        """Run a blocking call's body on a worker thread and wait for its result.
+
+        The thread is its chain's host if it has one (see :class:`ReentryHost`).
+        """
         loop = self._loop
         ended = loop.create_future()
-        future = self._lent_workers().submit(
+        host = _hosting.get()
+        threads = host if host is not None and host.takes(call) else self._lent_workers()
+        future = threads.submit(
             run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
         )
         return await _result_of_work(future, ended)
@@ -601,6 +911,8 @@ class AsyncioDispatcher:
                 try:
                     coro = context.run(call._fn, *call._args)
                 except BaseException as exc:
+                    if isinstance(exc, StopIteration):
+                        exc = stop_iteration_error(exc)
                     loop.call_soon(activity._finish, call, FAILED, None, exc)
                     return
                 if not _is_coroutine(coro):
@@ -639,9 +951,9 @@ class AsyncioDispatcher:
 
     async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
         if self._activity._bound_to_loop:
-            return run(call._fn, *call._args)
+            return _run_here(run, call._fn, call._args)
         apartment = self._apartment
-        if apartment is not None:
+        if apartment is not None and _host_of(call) is None:
             loop = self._loop
             ended = loop.create_future()
             future = apartment.submit(
@@ -787,12 +1099,37 @@ class AsyncioDispatcher:
         workers = self._workers
         if workers is not None:
             self._workers = None
-            return_workers(workers)
+            workers.shutdown()
+
+    def reentry_host(self, frame: object) -> ReentryHost | None:
+        """The host the calling thread becomes to call back in from ``frame``, if any.
+
+        Called from that thread (see :class:`ReentryHost`).
+        """
+        return _reentry_host(
+            self._activity,
+            frame,
+            self._apartment,
+            self._start_task_from_thread,
+            asyncio.CancelledError,
+        )
+
+    def _start_task_from_thread(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._start_system_task, fn, context=context)
+        except RuntimeError:  # the loop is closed
+            raise anyio.RunFinishedError from None
+
+    def _start_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.spawn(fn())
 
 
 def _boxed(run: Callable[..., Any], fn: Any, args: tuple[Any, ...]) -> tuple[Any]:
-    """``run(fn, *args)``, its result in a 1-tuple."""
-    return (run(fn, *args),)
+    """``run(fn, *args)`` in one of anyio's worker threads, its result in a 1-tuple."""
+    _worker_threads.serving = True
+    return (_run_here(run, fn, args),)
 
 
 class _NoTicket:
@@ -819,6 +1156,7 @@ class TrioDispatcher:
         "_start_soon",
         "_task_name",
         "_token",
+        "_trio_token",
     )
 
     def __init__(self, activity: Activity, apartment: Apartment | None) -> None:
@@ -833,6 +1171,7 @@ class TrioDispatcher:
         self._current_time = trio.current_time
         self._cancelled_exc: type[BaseException] = trio.Cancelled
         self._token = anyio.lowlevel.current_token()
+        self._trio_token = trio.lowlevel.current_trio_token()
         self._task_name = f"activity {activity.name!r} call"
         self._start_soon: Callable[..., None] | None = None
 
@@ -861,15 +1200,19 @@ class TrioDispatcher:
 
     async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
         if self._activity._bound_to_loop:
-            return run(call._fn, *call._args)
+            return _run_here(run, call._fn, call._args)
+        host = _host_of(call)
         apartment = self._apartment
-        if apartment is not None:
+        if host is not None or apartment is not None:
             ended = anyio.Event()
-            future = apartment.submit(run, call._fn, call._args, self._waker(ended))
+            thread = host if host is not None else apartment
+            assert thread is not None
+            future = thread.submit(run, call._fn, call._args, self._waker(ended))
             try:
                 await ended.wait()
             except self._cancelled_exc:
-                if not future.cancel():
+                # A host's thread is held by the call waiting for this one anyway.
+                if not future.cancel() and host is None and apartment is not None:
                     apartment.abandon()
                 raise
             return future.result()
@@ -1000,6 +1343,39 @@ class TrioDispatcher:
     async def wait_event_shielded(self, event: Event) -> None:
         with anyio.CancelScope(shield=True):
             await event.wait()
+
+    def reentry_host(self, frame: object) -> ReentryHost | None:
+        """The host the calling thread becomes to call back in from ``frame``, if any.
+
+        Called from that thread (see :class:`ReentryHost`).
+        """
+        return _reentry_host(
+            self._activity,
+            frame,
+            self._apartment,
+            self._start_task_from_thread,
+            self._cancelled_exc,
+        )
+
+    def _start_task_from_thread(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        import trio
+
+        try:
+            self._trio_token.run_sync_soon(self._start_system_task, fn, context)
+        except trio.RunFinishedError:
+            raise anyio.RunFinishedError from None
+
+    @staticmethod
+    def _start_system_task(
+        fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        import trio
+
+        # A system task, as trio.from_thread.run starts: the activity's nursery may
+        # be closing while the thread's own call still runs.
+        trio.lowlevel.spawn_system_task(fn, context=context)
 
     async def aclose(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The lent thread pool and its work items, on their own (mostly without a loop)."""
+"""The worker pool, activities' shares of it, and work items (mostly without a loop)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from activity import Activity, _dispatch
-from activity._dispatch import Workers, WorkItem
+from activity._dispatch import WorkerPool, Workers, WorkItem
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 WAIT = 30  # seconds a test may wait for a thread before it fails instead of hanging
-#: A thread limit no other test uses, so that the pool handed back is this test's.
-FORK_LIMIT = 11
 
 
 def run(fn: Any, *args: Any) -> Any:
@@ -46,10 +48,32 @@ class Told:
 
 
 @pytest.fixture
-def workers() -> Any:
-    pool = Workers(3)
-    yield pool
-    pool.shutdown()
+def pool() -> WorkerPool:
+    """A pool of the test's own: its threads and counts are this test's alone."""
+    return WorkerPool()
+
+
+@pytest.fixture
+def workers(pool: WorkerPool) -> Any:
+    share = Workers(3, pool)
+    yield share
+    share.shutdown()
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    """Poll ``condition`` until it holds or ``WAIT`` seconds have passed; return it."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def pool_threads(pool: WorkerPool) -> int:
+    """How many of the pool's threads are idle, waiting for work."""
+    with pool._lock:
+        return pool._spare
 
 
 class TestWorkItem:
@@ -63,7 +87,7 @@ class TestWorkItem:
         assert told.all_told.wait(WAIT)
         value, thread = item.result()
         assert value == "a"
-        assert thread.startswith("activity-worker-")
+        assert thread.startswith("activity-worker-pool_")
         assert told.items == [item]
         assert told.threads == [thread]  # told from the thread that ran it
         assert item.done()
@@ -108,15 +132,23 @@ class TestWorkItem:
             for value in held
         )
 
-    def test_stop_iteration_is_an_ordinary_failure(self, workers: Workers) -> None:
+    def test_stop_iteration_fails_as_runtime_error_caused_by_it(self, workers: Workers) -> None:
+        # A coroutine reads the outcome, and a StopIteration cannot leave one.
         told = Told()
+        stop = StopIteration("done")
 
-        def stop() -> None:
-            raise StopIteration
+        def stop_it() -> None:
+            raise stop
 
-        item = workers.submit(run, stop, (), told)
+        item = workers.submit(run, stop_it, (), told)
         assert told.all_told.wait(WAIT)
-        assert type(item.exception()) is StopIteration
+        exc = item.exception()
+        assert type(exc) is RuntimeError
+        assert exc.__cause__ is stop
+        assert stop.__traceback__ is not None  # where the body raised it
+        with pytest.raises(RuntimeError) as info:
+            item.result()
+        assert info.value.__cause__ is stop
 
     def test_cancelled_before_it_starts_never_runs(self) -> None:
         ran: list[int] = []
@@ -166,7 +198,9 @@ class TestWorkItem:
 
 
 class TestWorkers:
-    def test_threads_start_as_work_needs_them_up_to_the_limit(self, workers: Workers) -> None:
+    def test_at_most_limit_items_hold_a_thread_and_the_rest_wait_their_turn(
+        self, workers: Workers
+    ) -> None:
         release = threading.Event()
         running = threading.Semaphore(0)
         told = Told(workers)
@@ -180,29 +214,39 @@ class TestWorkers:
         items = [workers.submit(run, park, (), told) for _ in range(5)]
         for _ in range(3):
             assert running.acquire(timeout=WAIT)
-        assert not running.acquire(timeout=0)  # the limit is 3: two wait in the queue
-        assert workers._threads == 3
+        assert not running.acquire(timeout=0)  # the limit is 3: two wait in the share's queue
+        assert workers._busy == 3
+        assert len(workers._backlog) == 2
         assert not workers.idle
         release.set()
         assert told.all_told.wait(WAIT)
         names = {item.result() for item in items}
-        assert len(names) == 3
+        assert len(names) == 3  # the waiting ones ran on the threads that ended the others
         assert told.idle_when_told[-1]  # the last one was counted free before it told
 
-    def test_an_idle_thread_is_reused_not_added(self, workers: Workers) -> None:
-        for expected in range(1, 4):
+    def test_a_waiting_thread_is_reused_whatever_the_share(self, pool: WorkerPool) -> None:
+        shares = [Workers(limit, pool) for limit in (3, 2, 1)]
+        try:
             told = Told()
-            item = workers.submit(run, threading.current_thread, (), told)
+            first = shares[0].submit(run, threading.current_thread, (), told)
             assert told.all_told.wait(WAIT)
-            assert item.result().name.endswith("_1")
-            assert workers._threads == 1, expected
-        assert workers.idle
+            thread = first.result()
+            assert pool_threads(pool) == 1  # counted waiting before it told
+            for share in (*shares, *shares):
+                told = Told()
+                item = share.submit(run, threading.current_thread, (), told)
+                assert told.all_told.wait(WAIT)
+                assert item.result() is thread  # the pool's only thread, not a new one
+            assert pool_threads(pool) == 1
+        finally:
+            for share in shares:
+                share.shutdown()
 
-    def test_work_cancelled_in_the_queue_is_counted_free_at_once(self, workers: Workers) -> None:
-        # So that a pool handed back right after is idle, and lent again.
+    def test_work_cancelled_in_the_shares_queue_never_runs(self, workers: Workers) -> None:
         started, release = threading.Event(), threading.Event()
         told = Told()
         told.expected = 3
+        ran: list[int] = []
 
         def park() -> None:
             started.set()
@@ -210,17 +254,22 @@ class TestWorkers:
 
         running = [workers.submit(run, park, (), told) for _ in range(3)]
         assert started.wait(WAIT)
-        queued = workers.submit(run, park, (), Told())  # the limit is 3: it waits
-        assert workers._busy == 4
-        assert queued.cancel()
+        queued_told = Told()
+        queued = workers.submit(run, ran.append, (1,), queued_told)  # the limit is 3: it waits
         assert workers._busy == 3
+        assert queued.cancel()
+        assert queued_told.items == [queued]  # told at once, from the cancelling thread
         release.set()
         assert told.all_told.wait(WAIT)
         assert all(item.done() for item in running)
-        assert workers.idle  # the cancelled item, still in the queue, is not counted
+        assert workers.idle  # the cancelled item took no place
+        assert not workers._backlog
+        assert ran == []
 
-    def test_shutdown_cancels_queued_work_and_ends_the_threads(self) -> None:
-        pool = Workers(1)
+    def test_shutdown_cancels_queued_work_and_the_thread_goes_back_to_the_pool(
+        self, pool: WorkerPool
+    ) -> None:
+        share = Workers(1, pool)
         started, release = threading.Event(), threading.Event()
         first_told, queued_told = Told(), Told()
 
@@ -229,29 +278,93 @@ class TestWorkers:
             release.wait(WAIT)
             return threading.current_thread()
 
-        first = pool.submit(run, park, (), first_told)
+        first = share.submit(run, park, (), first_told)
         assert started.wait(WAIT)
-        queued = pool.submit(run, park, (), queued_told)
-        pool.shutdown()
+        queued = share.submit(run, park, (), queued_told)
+        share.shutdown()
         assert queued.cancelled()
         assert queued_told.items == [queued]
         release.set()
         assert first_told.all_told.wait(WAIT)
-        thread = first.result()
-        thread.join(WAIT)
-        assert not thread.is_alive()
-        assert pool.idle
+        assert first.result().is_alive()
+        assert share.idle
+        assert pool_threads(pool) == 1  # idle in the pool, for the next share
 
-    def test_many_submitters_and_items_all_end_and_the_count_returns_to_zero(self) -> None:
-        pool = Workers(4)
-        told = Told(pool)
+    def test_idle_threads_end_after_the_idle_timeout(
+        self, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_dispatch, "WORKER_IDLE_TIMEOUT", 0.05)
+        share = Workers(4, pool)
+        release = threading.Event()
+        running = threading.Semaphore(0)
+        told = Told()
+        told.expected = 4
+
+        def park() -> threading.Thread:
+            running.release()
+            release.wait(WAIT)
+            return threading.current_thread()
+
+        items = [share.submit(run, park, (), told) for _ in range(4)]
+        for _ in range(4):
+            assert running.acquire(timeout=WAIT)
+        release.set()
+        assert told.all_told.wait(WAIT)
+        share.shutdown()
+        for item in items:
+            thread = item.result()
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        assert pool_threads(pool) == 0
+
+    def test_a_closing_share_ends_the_idle_threads_no_share_needs(
+        self, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_dispatch, "WORKER_IDLE_MAX", 1)
+        small, large = Workers(1, pool), Workers(3, pool)
+        release = threading.Event()
+        running = threading.Semaphore(0)
+        told = Told()
+        told.expected = 3
+
+        def park() -> threading.Thread:
+            running.release()
+            release.wait(WAIT)
+            return threading.current_thread()
+
+        items = [large.submit(run, park, (), told) for _ in range(3)]
+        for _ in range(3):
+            assert running.acquire(timeout=WAIT)
+        release.set()
+        assert told.all_told.wait(WAIT)
+        assert pool_threads(pool) == 3  # the open shares may run 4 at once: all stay
+        large.shutdown()
+        # Only the small share is open: one idle thread is enough (WORKER_IDLE_MAX).
+        threads = [item.result() for item in items]
+        assert wait_until(lambda: sum(thread.is_alive() for thread in threads) == 1)
+        assert pool_threads(pool) == 1
+        small.shutdown()
+
+    def test_many_submitters_and_items_all_end_and_the_count_returns_to_zero(
+        self, pool: WorkerPool
+    ) -> None:
+        share = Workers(4, pool)
+        told = Told(share)
         told.expected = 2000
+        lock = threading.Lock()
+        now = peak = 0
 
         def double(n: int) -> int:
+            nonlocal now, peak
+            with lock:
+                now += 1
+                peak = max(peak, now)
+            with lock:
+                now -= 1
             return n * 2
 
         def submit_many(base: int) -> list[WorkItem]:
-            return [pool.submit(run, double, (base + i,), told) for i in range(500)]
+            return [share.submit(run, double, (base + i,), told) for i in range(500)]
 
         try:
             with concurrent.futures.ThreadPoolExecutor(4) as submitters:
@@ -260,35 +373,34 @@ class TestWorkers:
             results = sorted(item.result() for batch in batches for item in batch)
             assert results == [n * 2 for n in range(2000)]
             assert len(told.items) == 2000
-            assert pool.idle
-            assert pool._threads <= 4
+            assert share.idle
+            assert peak <= 4
+            assert 1 <= pool_threads(pool) <= 4
         finally:
-            pool.shutdown()
+            share.shutdown()
 
 
-def refuse_thread(workers: Workers, number: int) -> None:
-    """Workers._start_thread when the system has no thread to give."""
-    raise RuntimeError("can't start new thread")
+class NoNewThreads(WorkerPool):
+    """A pool whose threads cannot start, as when the system has none to give."""
+
+    __slots__ = ()
+
+    def _new_thread(self, item: WorkItem, workers: Workers) -> None:
+        raise RuntimeError("can't start new thread")
 
 
 class TestThreadsThatCannotStart:
-    def test_with_no_thread_nothing_is_left_counted(
-        self, workers: Workers, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        with monkeypatch.context() as patch:
-            patch.setattr(Workers, "_start_thread", refuse_thread)
-            with pytest.raises(RuntimeError, match="new thread"):
-                workers.submit(run, id, (1,), Told())
-        assert workers.idle
-        assert workers._threads == 0
-        told = Told()
-        item = workers.submit(run, abs, (-2,), told)  # threads start again once they can
-        assert told.all_told.wait(WAIT)
-        assert item.result() == 2
+    def test_with_no_thread_nothing_is_left_counted(self) -> None:
+        pool = NoNewThreads()
+        share = Workers(3, pool)
+        with pytest.raises(RuntimeError, match="new thread"):
+            share.submit(run, id, (1,), Told())
+        assert share.idle
+        assert not share._backlog
+        assert pool_threads(pool) == 0
 
-    def test_the_pools_other_threads_take_the_work(
-        self, workers: Workers, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_the_shares_other_threads_take_the_work(self, pool: WorkerPool) -> None:
+        share = Workers(3, pool)
         started, release = threading.Event(), threading.Event()
         first_told, second_told = Told(), Told()
 
@@ -297,31 +409,32 @@ class TestThreadsThatCannotStart:
             release.wait(WAIT)
             return "first"
 
-        first = workers.submit(run, park, (), first_told)
+        first = share.submit(run, park, (), first_told)
         assert started.wait(WAIT)
-        with monkeypatch.context() as patch:
-            patch.setattr(Workers, "_start_thread", refuse_thread)
-            second = workers.submit(run, abs, (-3,), second_told)  # queued, not refused
-        assert workers._threads == 1
+        pool.__class__ = NoNewThreads  # from now on, no thread can start (same slots)
+        second = share.submit(run, abs, (-3,), second_told)  # queued, not refused
+        assert share._busy == 1
+        assert list(share._backlog) == [second]
         release.set()
         assert first_told.all_told.wait(WAIT)
         assert second_told.all_told.wait(WAIT)
         assert (first.result(), second.result()) == ("first", 3)
-        assert workers.idle
+        assert share.idle
+        share.shutdown()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork with threads
-def test_a_forked_child_does_not_borrow_the_parents_idle_threads() -> None:
+def test_a_forked_child_does_not_hand_work_to_the_parents_idle_threads() -> None:
     async def blocking_call() -> int:
-        async with Activity(thread_limit=FORK_LIMIT) as act:
+        async with Activity() as act:
             return await act.synchronous_call(abs, -7)
 
-    # Used and handed back idle in the parent: its threads wait on its queue.
+    # Used and idle in the parent: its threads wait on the pool's queue.
     assert asyncio.run(blocking_call()) == 7
-    assert _dispatch._idle_pools.get(FORK_LIMIT)
+    assert pool_threads(_dispatch._shared_pool) >= 1
     pid = os.fork()
-    if pid == 0:  # the child: with the parent's pool it would wait forever
+    if pid == 0:  # the child: with the parent's threads counted it would wait forever
         code = 1
         try:
             result = asyncio.run(asyncio.wait_for(blocking_call(), WAIT))
