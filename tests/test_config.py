@@ -92,3 +92,51 @@ class TestActivityConfig:
             pass
 
         assert ActivityConfig(error_handler=handler).error_handler is handler
+
+
+class TestStrictNumbers:
+    """Counts and seconds take numbers only: no bool, str or bytes is quietly converted."""
+
+    @pytest.mark.parametrize(
+        "field",
+        [
+            "max_concurrency",
+            "max_pending",
+            "thread_limit",
+            "timeout",
+            "shutdown_timeout",
+            "admission_timeout",
+        ],
+    )
+    @pytest.mark.parametrize("value", [True, "3", b"4"], ids=["bool", "str", "bytes"])
+    def test_refused(self, field: str, value: object) -> None:
+        with pytest.raises(InvalidArgumentError) as info:
+            ActivityConfig(**{field: value})
+        assert info.value.field == field
+
+    @pytest.mark.parametrize("field", ["timeout", "shutdown_timeout", "admission_timeout"])
+    def test_seconds_take_an_int(self, field: str) -> None:
+        assert getattr(ActivityConfig(**{field: 2}), field) == 2.0
+
+    def test_json_numbers(self) -> None:
+        config = ActivityConfig.model_validate_json('{"max_concurrency": 4, "timeout": 1}')
+        assert (config.max_concurrency, config.timeout) == (4, 1.0)
+
+
+class TestValidateNamesTheField:
+    @pytest.mark.parametrize(
+        "build",
+        [
+            lambda: ActivityConfig.model_validate({"max_concurrency": 0}),
+            lambda: ActivityConfig.model_validate_json('{"max_concurrency": 0}'),
+            lambda: ActivityConfig(max_concurrency=0),
+        ],
+        ids=["mapping", "json", "keywords"],
+    )
+    def test_field_and_message(self, build: Any) -> None:
+        with pytest.raises(InvalidArgumentError) as info:
+            build()
+        assert info.value.field == "max_concurrency"
+        message = str(info.value)
+        assert message.count("ActivityConfig.") == 1
+        assert "Value error" not in message
