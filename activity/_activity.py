@@ -686,7 +686,9 @@ class Activity:
         one of the activity's worker threads), an object with ``on_call()``
         (whose ``on_error(exc)``, if any, observes its failure), or a coroutine
         object (then no ``args``). Keyword arguments go through
-        ``functools.partial``.
+        ``functools.partial``. A body that raises ``StopIteration`` fails the
+        call with a ``RuntimeError`` caused by it, as Python does for a
+        coroutine: no ``await`` can carry a ``StopIteration``.
 
         :param fn: the work
         :param args: positional arguments for ``fn``
@@ -747,7 +749,8 @@ class Activity:
         coroutine body runs in the caller's task, in its own copy of the
         context; a plain callable runs in a worker thread. Called from inside a
         running call of the same activity, it runs at once, within the caller's
-        place, instead of waiting for a place that the caller itself holds.
+        place, instead of waiting for a place that the caller itself holds. A
+        body's ``StopIteration`` is raised as a ``RuntimeError`` caused by it.
 
         :param fn: the work, as for :meth:`asynchronous_call`
         :param args: positional arguments for ``fn``
