@@ -1,7 +1,7 @@
 """activity: bounded, observable, never-lost background and batch work for asyncio.
 
 COM+ activities (``CoCreateActivity``, ``IServiceActivity``) on Python's event
-loop. See the README for a tour and ``DESIGN.md`` for the mapping.
+loop. See the README for a tour and ``docs/design.md`` for the mapping.
 """
 
 from ._activity import Activity as Activity

@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md, on asyncio, uvloop and trio."""
+"""The contract of docs/design.md, on asyncio, uvloop and trio."""
 
 # Names bound inside `with pytest.raises(...)` blocks are read after them.
 # pyright: reportPossiblyUnboundVariable=false
