@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -168,6 +169,7 @@ class TestCancelFromAnotherThread:
             queued.add_done_callback(lambda call: finished_on.append(threading.get_ident()))
 
             def other() -> None:
+                time.sleep(0.1)  # let the loop go idle: only the cancellation may wake it
                 answers.append(queued.cancel("from a thread"))
                 asked.set()
 
@@ -191,15 +193,24 @@ class TestCancelFromAnotherThread:
             started.set()
             await anyio.sleep_forever()
 
+        loop_thread = threading.get_ident()
+        finished_on: list[int] = []
         async with Activity() as act:
             call = await act.asynchronous_call(forever)
+            call.add_done_callback(lambda call: finished_on.append(threading.get_ident()))
             await started.wait()
-            thread = threading.Thread(target=act.cancel, args=("stop",))
+
+            def other() -> None:
+                time.sleep(0.1)  # let the loop go idle: only the cancellation may wake it
+                act.cancel("stop")
+
+            thread = threading.Thread(target=other)
             thread.start()
             with anyio.fail_after(LIMIT):
                 await call.wait()
             thread.join(LIMIT)
             assert call.status is CallStatus.CANCELLED
+            assert finished_on == [loop_thread]
             with pytest.raises(ActivityClosedError, match="cancelled"):
                 await act.asynchronous_call(echo, 1)
 
