@@ -94,22 +94,22 @@ pytestmark = [
 #: the first is admitted as pending beside a free slot and never started. Only
 #: ``wait_idle()`` can see it (the call is cancelled at exit), so while this is
 #: False, wait_idle is not checked in an example where a submitter may have parked.
-WAIT_ADMISSION_STALL_FIXED = False
+WAIT_ADMISSION_STALL_FIXED = True
 #: A ``synchronous_call`` cancelled twice before its caller resumes (two
 #: ``Activity.cancel()``, a timeout and a cancel, a cancel and an exception in
 #: the block) leaks a raw cancellation into the caller. While False a sync
 #: caller may see the raw cancellation when two cancellations may have met.
-DOUBLE_CANCEL_FIXED = False
+DOUBLE_CANCEL_FIXED = True
 #: A coroutine object accepted as a call and cancelled while pending is never
 #: closed ("never awaited" warning). While False, no coroutine-object bodies.
-PENDING_COROUTINE_CLOSED = False
-#: A blocking body that raises ``StopIteration`` reaches the caller as
-#: ``RuntimeError``. While False, no body raises StopIteration.
-STOPITERATION_FIXED = False
+PENDING_COROUTINE_CLOSED = True
+#: A body that raises ``StopIteration`` fails alike on every path: with a
+#: ``RuntimeError`` caused by it. While False, no body raises StopIteration.
+STOPITERATION_FIXED = True
 #: A running call's re-entrant ``synchronous_call`` on its own activity is
 #: refused with ActivityClosedError during the exit's drain. While False, no
 #: body calls back into its own activity.
-REENTRANT_DURING_DRAIN_FIXED = False
+REENTRANT_DURING_DRAIN_FIXED = True
 
 #: Seconds any wait of the harness may take before it reports a hang instead of hanging.
 LIMIT = 30.0
@@ -250,6 +250,8 @@ class Work:
         self.release = threading.Event()
         self.ready = threading.Event()
         self.token: anyio.lowlevel.EventLoopToken | None = None
+        #: How a reentrant body's own call ended (None: refused, or never made).
+        self.inner: CallStatus | None = None
         #: Counted in the node's parked submitters.
         self.parked = False
 
@@ -302,6 +304,8 @@ class Work:
         if behaviour == "raise":
             await anyio.lowlevel.checkpoint()
             raise self.error
+        if behaviour == "stop_iteration":
+            raise self.stop  # PEP 479 makes it a RuntimeError caused by it, as for threads
         if behaviour == "self_cancel":
             # The handle is set once asynchronous_call returns, which may be after
             # the body started (a WAIT submitter resumes after its call was launched).
@@ -313,7 +317,13 @@ class Work:
         if behaviour == "reentrant":
             act = current_activity()
             assert act is not None
-            return await act.synchronous_call(echo, self.value)
+            try:
+                value = await act.synchronous_call(echo, self.value)
+            except BaseException as exc:
+                self.inner_ended(exc)
+                raise
+            self.inner_ended(None)
+            return value
         await anyio.sleep_forever()  # hang until cancelled
         raise AssertionError("unreachable")
 
@@ -330,6 +340,17 @@ class Work:
                 raise self.error
             if behaviour == "stop_iteration":
                 raise self.stop
+            if behaviour == "reentrant":
+                # Back into its own activity from its worker thread, on its own chain.
+                act = current_activity()
+                assert act is not None
+                try:
+                    value = act.synchronous_call_from_thread(blocking_echo, self.value)
+                except BaseException as exc:
+                    self.inner_ended(exc)
+                    raise
+                self.inner_ended(None)
+                return value
             if behaviour == "self_cancel" and self.ready.wait(LIMIT) and self.call is not None:
                 # Call.cancel() belongs on the loop: ask it there.
                 anyio.from_thread.run_sync(
@@ -341,6 +362,17 @@ class Work:
         finally:
             with harness.lock:
                 harness.in_body -= 1
+
+    def inner_ended(self, error: BaseException | None) -> None:
+        """Record how the body's own call back into its activity ended (it is counted too)."""
+        if error is None:
+            self.inner = CallStatus.COMPLETED
+        elif isinstance(error, ActivityClosedError):
+            self.inner = None  # refused, never accepted
+        elif isinstance(error, CallCancelledError | anyio.get_cancelled_exc_class()):
+            self.inner = CallStatus.CANCELLED
+        else:
+            self.inner = CallStatus.FAILED
 
     async def run_nested(self) -> Any:
         """A body that opens an activity of its own and makes a call in it."""
@@ -406,6 +438,10 @@ class Work:
 
 async def echo(value: Any) -> Any:
     await anyio.lowlevel.checkpoint()
+    return value
+
+
+def blocking_echo(value: Any) -> Any:
     return value
 
 
@@ -740,17 +776,22 @@ def outcome_problem(work: Work, final: bool) -> str | None:
         # Not read yet (reading it would observe it): only the kind of body is checked.
         if behaviour in ("raise", "stop_iteration") or work.timeout is not None:
             return None
-        if work.kind == "nested" and work.cancel_source:
+        if (work.kind == "nested" or behaviour == "reentrant") and work.cancel_source:
             return None
         return "failed, but its body neither raises nor has a timeout"
     if exc is work.error and behaviour == "raise":
         return None
-    if exc is work.stop and behaviour == "stop_iteration":
+    if (
+        behaviour == "stop_iteration"
+        and isinstance(exc, RuntimeError)
+        and exc.__cause__ is work.stop
+    ):
         return None
     if isinstance(exc, CallTimeoutError) and work.timeout is not None:
         return None
-    if isinstance(exc, CallCancelledError) and work.kind == "nested" and work.cancel_source:
-        # Its inner activity was cancelled with the outer one, and its call said so.
+    nests = work.kind == "nested" or behaviour == "reentrant"
+    if isinstance(exc, CallCancelledError) and nests and work.cancel_source:
+        # Its inner call was cancelled with the outer one, and said so.
         return None
     return f"failed with {exc!r}"
 
@@ -784,7 +825,7 @@ def allowed_behaviours(how: str) -> list[str]:
         behaviours.append("self_cancel")
     if STOPITERATION_FIXED:
         behaviours.append("stop_iteration")
-    if REENTRANT_DURING_DRAIN_FIXED and how in ("async", "sync"):
+    if REENTRANT_DURING_DRAIN_FIXED:
         behaviours.append("reentrant")
     return behaviours
 
@@ -798,11 +839,6 @@ def bodies(draw: st.DrawFn, how: str) -> dict[str, Any]:
             kinds.append("coroutine_object")
     kind = draw(st.sampled_from(kinds))
     behaviour = "return" if kind == "nested" else draw(st.sampled_from(allowed_behaviours(how)))
-    blocking = kind in ("blocking", "service_sync")
-    if behaviour == "stop_iteration" and not blocking:
-        behaviour = "raise"  # a coroutine cannot raise StopIteration (PEP 479)
-    if behaviour == "reentrant" and blocking:
-        behaviour = "return"
     return {
         "kind": kind,
         "behaviour": behaviour,
@@ -1328,13 +1364,15 @@ class ActivityMachine(RuleBasedStateMachine):
         problems: list[str] = []
         stats = act.statistics()
         works = [w for w in node.works if w.accepted]
+        # A reentrant body's call back into the activity is a call of it too.
+        ended = [w.status for w in works] + [w.inner for w in works if w.inner is not None]
         expected = {
-            "accepted": len(works),
+            "accepted": len(ended),
             "pending": 0,
             "running": 0,
-            "completed": sum(w.status is CallStatus.COMPLETED for w in works),
-            "failed": sum(w.status is CallStatus.FAILED for w in works),
-            "cancelled": sum(w.status is CallStatus.CANCELLED for w in works),
+            "completed": ended.count(CallStatus.COMPLETED),
+            "failed": ended.count(CallStatus.FAILED),
+            "cancelled": ended.count(CallStatus.CANCELLED),
             "rejected": node.rejected,
         }
         actual = {key: getattr(stats, key) for key in expected}
