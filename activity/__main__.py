@@ -7,6 +7,10 @@ function and one entry in that tuple.
 
 ``demo`` runs a realistic batch through a bounded activity and prints what the
 activity counted. Its output needs ``rich`` (the ``cli`` extra).
+
+The benchmark is not a subcommand: it lives in the repository, outside the
+package (``python benchmarks/run.py`` from a clone). :data:`_MOVED` names the
+commands that left, so that running one says where it went.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from . import (
     __version__,
     hresult_of,
 )
-from ._bench import add_bench_command as _add_bench_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     :return: the exit code: 0 on success, 1 when a check failed, 2 on a usage error
         or a missing optional dependency, 130 when interrupted
     """
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] in _MOVED:
+        print(f"activity {argv[0]}: {_MOVED[argv[0]]}", file=sys.stderr)
+        return 2
     parser = _build_parser()
     try:
         options = parser.parse_args(argv)
@@ -503,10 +511,13 @@ def _run_demo(options: argparse.Namespace) -> int:
 
 
 #: The subcommands, each added by its function.
-_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (
-    _add_demo_command,
-    _add_bench_command,
-)
+_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (_add_demo_command,)
+
+#: Commands that are no longer part of the package, and where each went.
+_MOVED: Final = {
+    "bench": "the benchmark is no longer part of the package; from a clone of the "
+    "repository, run: python benchmarks/run.py [--quick] [--json FILE]",
+}
 
 
 if __name__ == "__main__":

@@ -22,24 +22,25 @@ separates *bare* from *isolated* is the context rule itself.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: import the clone's root as benchmarks/run.py does.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar, copy_context
 from typing import Any
 
 from activity import Activity
-from activity._bench import (
-    LIMIT,
-    _activity_sync_call,
-    _bare_sync_call,
-    _isolated_sync_call,
-    _yield_once,
-)
 from activity._dispatch import drive_in_context
+from benchmarks.harness import LIMIT, yield_once
+from benchmarks.scenarios.sync_call import activity_sync_call, bare_sync_call, isolated_sync_call
 
 Body = Callable[[int], Coroutine[Any, Any, float]]
 
@@ -86,15 +87,15 @@ async def _minimal_sync_call(calls: int) -> float:
     minimal = _Minimal(asyncio.get_running_loop())
     start = time.perf_counter()
     for _ in range(calls):
-        await minimal.synchronous_call(_yield_once)
+        await minimal.synchronous_call(yield_once)
     return time.perf_counter() - start
 
 
 PATTERNS: dict[str, Body] = {
-    "bare": _bare_sync_call,
-    "isolated": _isolated_sync_call,
+    "bare": bare_sync_call,
+    "isolated": isolated_sync_call,
     "minimal": _minimal_sync_call,
-    "activity": _activity_sync_call,
+    "activity": activity_sync_call,
 }
 
 

@@ -185,6 +185,25 @@ class TestCommandLine:
         output = capsys.readouterr().out
         assert "demo" in output
         assert "--version" in output
+        assert "bench" not in output
+
+    @pytest.mark.parametrize("argv", [["bench"], ["bench", "--quick", "--json", "out.json"]])
+    def test_bench_says_where_the_benchmark_went(
+        self, argv: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        lines = captured.err.splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("activity bench: ")
+        assert "python benchmarks/run.py" in lines[0]
+
+    def test_bench_with_python_dash_m(self) -> None:
+        result = python("-m", "activity", "bench", "--quick")
+        assert result.returncode == 2
+        assert "python benchmarks/run.py" in result.stderr
+        assert result.stdout == ""
 
     def test_demo_help_explains_each_option(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["demo", "--help"]) == 0

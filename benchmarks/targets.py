@@ -1,0 +1,167 @@
+"""The goals of activity's hot path, checked against the figures of one run.
+
+These are the project's own targets, not a promise to users: each is a ratio
+to a row of the same run (or, for memory, bytes per call), and a goal that a
+run misses shows as **no** in the targets table with, where the scenario has
+one, the same ratio for its floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.harness import LOOPS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from benchmarks.harness import Loop, Role, Row
+
+__all__ = ["Target", "targets"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One goal of the hot path, checked against the figures of this run."""
+
+    goal: str
+    loop: Loop
+    value: float
+    limit: float
+    at_most: bool
+    #: The same ratio with the scenario's floor (a reference row that does only
+    #: what the goal's semantics need) in place of activity, where it has one.
+    floor: float | None = None
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "goal": self.goal,
+            "loop": self.loop,
+            "value": self.value,
+            "limit": self.limit,
+            "at_most": self.at_most,
+            "met": self.met,
+            "floor": self.floor,
+        }
+
+
+def targets(rows: Sequence[Row]) -> list[Target]:
+    """Check every goal whose rows ran; a goal without its rows is left out."""
+
+    def find(scenario: str, loop: Loop, role: Role, name: str = "") -> Row | None:
+        for row in rows:
+            if (row.scenario, row.loop, row.role) == (scenario, loop, role) and name in row.pattern:
+                return row
+        return None
+
+    found: list[Target] = []
+
+    def ratio(
+        goal: str,
+        loop: Loop,
+        top: Row | None,
+        bottom: Row | None,
+        limit: float,
+        at_most: bool = True,
+        floor: Row | None = None,
+    ) -> None:
+        """Add ``top / bottom`` as a target; ``floor`` stands for activity in its floor ratio."""
+        if top is None or bottom is None or bottom.median <= 0:
+            return
+        floor_ratio = None
+        if floor is not None and floor.median > 0:
+            # activity is the top of an "at most" ratio, the bottom of an "at least" one.
+            floor_ratio = floor.median / bottom.median if at_most else top.median / floor.median
+        found.append(Target(goal, loop, top.median / bottom.median, limit, at_most, floor_ratio))
+
+    for loop in LOOPS:
+        act = find("async_call", loop, "activity")
+        ratio(
+            "asynchronous_call ≤ 1.2x bare Semaphore + task group",
+            loop,
+            act,
+            find("async_call", loop, "baseline"),
+            1.2,
+        )
+        ratio(
+            "asynchronous_call ≤ 1.0x pool of 100 workers (stretch)",
+            loop,
+            act,
+            find("async_call", loop, "reference"),
+            1.0,
+        )
+        ratio(
+            "asynchronous_call ≥ 1.4x faster than aiojobs",
+            loop,
+            find("async_call", loop, "peer", "aiojobs"),
+            act,
+            1.4,
+            at_most=False,
+        )
+        ratio(
+            "synchronous_call ≤ 1.5x bare awaited call under a semaphore",
+            loop,
+            find("sync_call", loop, "activity"),
+            find("sync_call", loop, "baseline"),
+            1.5,
+            floor=find("sync_call", loop, "reference"),
+        )
+        for scenario, how in (
+            ("blocking_concurrent", "100 at a time"),
+            ("blocking_serial", "one at a time"),
+        ):
+            act = find(scenario, loop, "activity")
+            floor = find(scenario, loop, "reference")
+            ratio(
+                f"blocking, {how}, ≤ 1.1x asyncio.to_thread",
+                loop,
+                act,
+                find(scenario, loop, "baseline"),
+                1.1,
+                floor=floor,
+            )
+            ratio(
+                f"blocking, {how}, ≥ 1.5x faster than anyio.to_thread.run_sync",
+                loop,
+                find(scenario, loop, "peer", "anyio"),
+                act,
+                1.5,
+                at_most=False,
+                floor=floor,
+            )
+        queued = find("memory_queued", loop, "activity")
+        if queued is not None:
+            found.append(Target("a queued call ≤ 600 bytes", loop, queued.median, 600, True))
+        ratio(
+            "a running parked call ≤ 1.3x a bare task",
+            loop,
+            find("memory_running", loop, "activity"),
+            find("memory_running", loop, "baseline"),
+            1.3,
+            floor=find("memory_running", loop, "reference"),
+        )
+        scaling = [
+            row
+            for row in rows
+            if row.scenario == "scaling" and row.loop == loop and row.role == "activity"
+        ]
+        if len(scaling) > 1:
+            medians = [row.median for row in scaling]
+            # No floor figure: the floor's growth is the interpreter's, and a call that
+            # costs more per se shows the same growth as a smaller ratio; it is no bound.
+            found.append(
+                Target(
+                    f"µs/call flat within 20% from {scaling[0].pattern.split(', ')[1]} to "
+                    f"{scaling[-1].pattern.split(', ')[1]} (slowest / fastest)",
+                    loop,
+                    max(medians) / min(medians),
+                    1.2,
+                    True,
+                )
+            )
+    return found
