@@ -22,6 +22,7 @@ peer is missing is left out, and the output says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 import statistics
@@ -347,6 +348,7 @@ def available_loops(requested: str, notes: list[str]) -> list[Loop]:
 
 
 def drop_missing(group: Group, notes: list[str]) -> Group:
+    """``group`` without the rows whose peer is not installed; ``notes`` says which."""
     kept: list[Pattern] = []
     for pattern in group.patterns:
         if pattern.role == "peer" and "aiojobs" in pattern.name:
@@ -358,4 +360,5 @@ def drop_missing(group: Group, notes: list[str]) -> Group:
                     notes.append(note)
                 continue
         kept.append(pattern)
-    return Group(group.scenario, group.title, group.meaning, group.loop, group.unit, tuple(kept))
+    # Everything else is kept, the group's cap on repetitions too.
+    return dataclasses.replace(group, patterns=tuple(kept))

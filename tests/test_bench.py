@@ -26,8 +26,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import run  # noqa: E402
+from benchmarks.harness import QUICK, Group, drop_missing  # noqa: E402
 from benchmarks.report import render  # noqa: E402
-from benchmarks.scenarios import SCENARIOS  # noqa: E402
+from benchmarks.scenarios import SCENARIOS, groups_of  # noqa: E402
 from benchmarks.scenarios.scaling import SCALING_FLOOR  # noqa: E402
 
 pytest.importorskip("aiojobs")
@@ -234,3 +235,15 @@ def test_the_package_does_not_import_the_benchmark() -> None:
                 continue
             for name in names:
                 assert name.partition(".")[0] != "benchmarks", module
+
+
+def test_memory_rows_keep_their_cap_on_repetitions() -> None:
+    """Memory figures are deterministic to a few bytes: their rows run fewer times."""
+    memory = [group for group in groups_of(QUICK, ["asyncio"], ["memory"]) if group.repeat]
+    assert [group.scenario for group in memory] == ["memory_queued", "memory_running"]
+    notes: list[str] = []
+    for group in memory:
+        kept: Group = drop_missing(group, notes)
+        assert kept.repeat == group.repeat == QUICK.memory_repeat
+        assert kept.patterns == group.patterns  # aiojobs is installed: nothing dropped
+    assert notes == []
