@@ -26,7 +26,7 @@ settings.register_profile(
     deadline=None,
     derandomize=True,
     database=None,
-    stateful_step_count=20,
+    stateful_step_count=16,
     suppress_health_check=_SLOW_IS_FINE,
 )
 settings.register_profile(

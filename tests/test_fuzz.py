@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 # The long profile runs for many minutes: pytest-timeout's per-test limit must follow.
 pytestmark = [
     pytest.mark.fuzz,
-    pytest.mark.timeout(max(120, settings().max_examples // 5)),
+    pytest.mark.timeout(max(120, settings().max_examples // 2)),
 ]
 
 # -- known failures being fixed in the core ------------------------------------------------
