@@ -7,7 +7,7 @@ Four patterns, interleaved in one process, each awaiting a trivial coroutine
 
 - *bare*: ``async with semaphore: await body()``, the benchmark's baseline;
 - *isolated*: the same, but the body runs in a copy of the context of its
-  own (DESIGN's context rule), one ``Context.run`` per step;
+  own (the context rule of docs/design.md), one ``Context.run`` per step;
 - *minimal*: what a synchronous call must keep at the very least on top of
   that: a count in and out, a frame that ``current_activity()`` reads and
   that holds the caller's task for ``cancel()``, and that frame's
@@ -16,7 +16,7 @@ Four patterns, interleaved in one process, each awaiting a trivial coroutine
 - *activity*: ``Activity.synchronous_call``.
 
 It prints each pattern's median µs per call and its ratio to *bare*. What
-separates *minimal* from *activity* is the checks DESIGN asks for; what
+separates *minimal* from *activity* is the checks docs/design.md asks for; what
 separates *bare* from *isolated* is the context rule itself.
 """
 

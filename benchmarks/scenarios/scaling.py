@@ -38,7 +38,7 @@ from benchmarks.scenarios.memory import activity_memory_queued, trio_activity_me
 
 __all__ = ["SCALING_FLOOR", "groups"]
 
-#: The scaling scenario's floor: what DESIGN keeps per queued call, and no more.
+#: The scaling scenario's floor: what docs/design.md keeps per queued call, and no more.
 SCALING_FLOOR: Final = "a handle and a context copy per call, 100 workers"
 
 
@@ -65,7 +65,7 @@ async def _drain(backlog: deque[_Handle]) -> None:
 
 
 async def _floor_async_call(calls: int) -> float:
-    """The least a call queued under DESIGN's rules holds, run by a pool of workers.
+    """The least a call queued under the rules of docs/design.md holds, run by a pool of workers.
 
     Each accepted call has a handle and a copy of its submitter's context, and
     runs in it; nothing else (no admission, no counters, no task per call).

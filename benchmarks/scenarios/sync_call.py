@@ -55,7 +55,7 @@ async def _isolated_awaits(
     """The bare await, in a copy of the context of its own: what isolation alone costs.
 
     A coroutine awaited in its caller's task sees its own context only if each
-    of its steps runs in it; this is the least that DESIGN's context rule
+    of its steps runs in it; this is the least that the context rule of docs/design.md
     (every call in a copy of its submitter's context) costs, with none of the
     activity's bookkeeping.
     """
