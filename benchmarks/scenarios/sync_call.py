@@ -2,8 +2,8 @@
 
 The latency that running a step *inside* the activity adds to one awaited
 call, next to awaiting it under a semaphore. The floor (a reference row) runs
-the bare await in a copy of the context of its own: what DESIGN's context
-rule costs by itself.
+the bare await in a copy of the context of its own: what the context rule
+of docs/design.md costs by itself.
 """
 
 from __future__ import annotations
