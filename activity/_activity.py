@@ -22,7 +22,18 @@ from contextlib import asynccontextmanager
 from contextvars import Token, copy_context
 from threading import current_thread, get_ident
 from types import FunctionType, TracebackType
-from typing import Any, Final, Protocol, TypeVar, TypeVarTuple, Unpack, cast, final, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Protocol,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+    cast,
+    final,
+    overload,
+)
 
 import anyio
 import anyio.from_thread
@@ -31,6 +42,10 @@ import anyio.to_thread
 
 from . import tracking
 from ._admission import Admission, Counters, Waiter, join_partition
+from ._apartment import Apartment
+from ._backends._asyncio import AsyncioDispatcher
+from ._backends._common import CHECKED_RESULTS, drive_in_context, outcome_of_result
+from ._backends._trio import TrioDispatcher
 from ._call import (
     BLOCKING,
     CANCELLED,
@@ -55,16 +70,6 @@ from ._config import (
     ThreadPool,
 )
 from ._context import SynchronizationDomain, _Frame, _frame, current_activity
-from ._dispatch import (
-    _CHECKED_RESULTS,
-    Apartment,
-    AsyncioDispatcher,
-    Dispatcher,
-    Event,
-    TrioDispatcher,
-    _outcome_of_result,
-    drive_in_context,
-)
 from ._errors import (
     ActivityClosedError,
     ActivityError,
@@ -74,6 +79,10 @@ from ._errors import (
     WrongThreadError,
 )
 from ._hresult import HResult
+
+if TYPE_CHECKING:
+    from ._backends import Backend as Dispatcher
+    from ._backends import Event
 
 __all__ = ["Activity", "create_activity", "service_domain"]
 
@@ -854,9 +863,9 @@ class Activity:
                         if inline._cancel_requested and task.cancelling():  # type: ignore[union-attr]
                             task.uncancel()  # type: ignore[union-attr]
                     inline._task = None
-                    if tracking._listeners or type(result) in _CHECKED_RESULTS:
+                    if tracking._listeners or type(result) in CHECKED_RESULTS:
                         call = self._promote(inline, fn, args, reentrant)
-                        return self._end_inline(call, *_outcome_of_result(call, result))
+                        return self._end_inline(call, *outcome_of_result(call, result))
                     inline._causality = None  # itself, when it started the chain
                     inline_calls.discard(inline)
                 else:
@@ -905,9 +914,9 @@ class Activity:
                         if (
                             call._status is not RUNNING
                             or tracking._listeners
-                            or type(result) in _CHECKED_RESULTS
+                            or type(result) in CHECKED_RESULTS
                         ):
-                            return self._end_inline(call, *_outcome_of_result(call, result))
+                            return self._end_inline(call, *outcome_of_result(call, result))
                     # _finish, minus what a completed call that nobody else holds never needs.
                     call._status = COMPLETED
                     call._context = None  # both refer back to the call, as in _finish

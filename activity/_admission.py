@@ -28,7 +28,7 @@ from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from ._activity import Activity
-    from ._dispatch import Event
+    from ._backends import Event
 
 __all__ = ["Admission", "Counters", "Waiter", "join_partition"]
 

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from contextvars import Context
 
     from ._activity import Activity
-    from ._dispatch import AsyncioDispatcher, Event
+    from ._backends import Event
+    from ._backends._asyncio import AsyncioDispatcher
 
 __all__ = ["Call", "CallStatus"]
 

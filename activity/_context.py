@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._activity import Activity
-    from ._dispatch import Event
+    from ._backends import Event
 
 __all__ = ["ActivityLocal", "SynchronizationDomain", "current_activity"]
 

@@ -38,7 +38,7 @@ from contextvars import ContextVar, copy_context
 from typing import Any
 
 from activity import Activity
-from activity._dispatch import drive_in_context
+from activity._backends._common import drive_in_context
 from benchmarks.harness import LIMIT, yield_once
 from benchmarks.scenarios.sync_call import activity_sync_call, bare_sync_call, isolated_sync_call
 

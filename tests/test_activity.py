@@ -34,12 +34,12 @@ from activity import (
     InvalidArgumentError,
     Overflow,
     WrongThreadError,
-    _dispatch,
     create_activity,
     current_activity,
 )
+from activity._backends import _asyncio
 from activity._context import _frame
-from activity._dispatch import Workers
+from activity._workers import Workers
 from activity.pytest_plugin import assert_balanced
 
 pytestmark = pytest.mark.anyio
@@ -1023,7 +1023,7 @@ class TestBlockingCallEnds:
             raise RuntimeError("can't start new thread")
 
         # A pool of its own (not one another test handed back, whose threads run).
-        monkeypatch.setattr(_dispatch, "borrow_workers", Workers)
+        monkeypatch.setattr(_asyncio, "borrow_workers", Workers)
         monkeypatch.setattr(Workers, "_start_thread", refuse)
         async with Activity() as act:
             call = await act.asynchronous_call(abs, -1)

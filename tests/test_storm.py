@@ -26,7 +26,7 @@ from activity import (
     CallStatus,
     Overflow,
     ThreadPool,
-    _dispatch,
+    _workers,
 )
 from activity.pytest_plugin import assert_balanced
 
@@ -260,7 +260,7 @@ class TestNothingLeftBehind:
         """After thread, coroutine and STA calls, closing leaves no task, thread or fd."""
         # Idle worker threads end after WORKER_IDLE_TIMEOUT (10 s by default): shorter
         # here, so the test sees the threads that ran its calls end.
-        monkeypatch.setattr(_dispatch, "WORKER_IDLE_TIMEOUT", 0.1)
+        monkeypatch.setattr(_workers, "WORKER_IDLE_TIMEOUT", 0.1)
         gc.collect()
         tasks_before = current_tasks()
         threads_before = set(threading.enumerate())

@@ -19,9 +19,9 @@ from activity import (
     CallStatus,
     Synchronization,
     ThreadPool,
-    _dispatch,
+    _workers,
 )
-from activity._dispatch import WorkerPool, Workers, WorkItem
+from activity._workers import WorkerPool, Workers, WorkItem
 from activity.pytest_plugin import assert_balanced
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ class TestWorkerThreads:
     async def test_threads_end_once_idle_after_their_activities_close(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(_dispatch, "WORKER_IDLE_TIMEOUT", 0.05)
+        monkeypatch.setattr(_workers, "WORKER_IDLE_TIMEOUT", 0.05)
         used = await run_at_once_in_activities((4, 3, 2))
         assert len(used) == 9  # every call had a thread of its own, all at once
         assert wait_until(lambda: not any(thread.is_alive() for thread in used))
@@ -272,7 +272,7 @@ class TestWorkerThreads:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # The idle timeout is left as it is: the threads end as the activities close.
-        monkeypatch.setattr(_dispatch, "WORKER_IDLE_MAX", 2)
+        monkeypatch.setattr(_workers, "WORKER_IDLE_MAX", 2)
         used = await run_at_once_in_activities((5, 4, 3))
         assert len(used) == 12
         # The pool keeps 2 idle threads at most now, whichever they are.

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from activity import Activity, _dispatch
-from activity._dispatch import WorkerPool, Workers, WorkItem
+from activity import Activity, _workers
+from activity._workers import WorkerPool, Workers, WorkItem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -124,7 +124,7 @@ class TestWorkItem:
         tb = exc.__traceback__
         held: list[object] = []
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == _dispatch.__file__:  # the pool's frames
+            if tb.tb_frame.f_code.co_filename == _workers.__file__:  # the pool's frames
                 held.extend(tb.tb_frame.f_locals.values())
             tb = tb.tb_next
         assert not any(
@@ -293,7 +293,7 @@ class TestWorkers:
     def test_idle_threads_end_after_the_idle_timeout(
         self, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(_dispatch, "WORKER_IDLE_TIMEOUT", 0.05)
+        monkeypatch.setattr(_workers, "WORKER_IDLE_TIMEOUT", 0.05)
         share = Workers(4, pool)
         release = threading.Event()
         running = threading.Semaphore(0)
@@ -320,7 +320,7 @@ class TestWorkers:
     def test_a_closing_share_ends_the_idle_threads_no_share_needs(
         self, pool: WorkerPool, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(_dispatch, "WORKER_IDLE_MAX", 1)
+        monkeypatch.setattr(_workers, "WORKER_IDLE_MAX", 1)
         small, large = Workers(1, pool), Workers(3, pool)
         release = threading.Event()
         running = threading.Semaphore(0)
@@ -432,7 +432,7 @@ def test_a_forked_child_does_not_hand_work_to_the_parents_idle_threads() -> None
 
     # Used and idle in the parent: its threads wait on the pool's queue.
     assert asyncio.run(blocking_call()) == 7
-    assert pool_threads(_dispatch._shared_pool) >= 1
+    assert pool_threads(_workers._shared_pool) >= 1
     pid = os.fork()
     if pid == 0:  # the child: with the parent's threads counted it would wait forever
         code = 1

@@ -85,9 +85,9 @@ import anyio
 from pydantic import BaseModel, ConfigDict
 
 from .._activity import Activity
+from .._backends._common import drive_in_context
 from .._config import ActivityConfig
 from .._context import ActivityLocal, _frame
-from .._dispatch import drive_in_context
 from .._errors import ActivityClosedError, ActivityError, InvalidArgumentError
 from .._hresult import HResult
 from ..tracking import ActivityStatistics

@@ -15,7 +15,7 @@ from collections import deque
 from contextvars import copy_context
 from typing import Final
 
-from activity._dispatch import drive_in_context
+from activity._backends._common import drive_in_context
 from benchmarks.harness import (
     LIMIT,
     CoroutineFunction,

@@ -14,7 +14,7 @@ from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 from activity import Activity
-from activity._dispatch import drive_in_context
+from activity._backends._common import drive_in_context
 from benchmarks.harness import (
     LIMIT,
     CoroutineFunction,

@@ -1,0 +1,372 @@
+"""The asyncio backend: native tasks and a share of the worker pool.
+
+``AsyncioDispatcher`` (asyncio and uvloop) is the hot path. A coroutine call
+is one native task created with the call's context, finished by a done
+callback: there is no wrapper coroutine and no anyio task group, whose
+per-task cancel scope costs several times a native task. A blocking call is
+one work item on the process-wide pool of worker threads (never asyncio's
+default executor), taken under the activity's own share of it,
+:class:`Workers`, which lets at most the activity's ``thread_limit`` of its
+items hold a thread at once; the work item's done callback asks the loop to
+finish the call, with no task and no asyncio future in between. A call
+cancelled while its thread runs is finished at once, abandoned: the thread
+cannot be stopped, and its result is ignored. The pool is shared by every
+activity whatever its limit, so a server that opens an activity per request
+does not start threads per request; a thread idle for
+:data:`WORKER_IDLE_TIMEOUT` seconds ends. Calls that need more (a
+synchronization domain to enter, an STA thread, the loop thread after
+``bind_to_current_thread()``) run in one wrapper task each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._call import BLOCKING, CANCELLED, COROUTINE, FAILED, RUNNING
+from .._workers import WorkItem, borrow_workers, stop_iteration_error
+from ._common import (
+    cancelled_outcome,
+    drive_in_context,
+    host_of,
+    hosting,
+    is_coroutine,
+    outcome_of_result,
+    reentry_host,
+    run_here,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from .._activity import Activity
+    from .._apartment import Apartment
+    from .._call import Call
+    from .._workers import Workers
+    from . import Event
+    from ._common import Outcome, ReentryHost
+
+__all__ = ["AsyncioDispatcher"]
+
+
+def _signal_from_thread(
+    loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None], _: object
+) -> None:
+    """A work item's done callback: mark ``ended`` on its loop (from any thread)."""
+    try:
+        loop.call_soon_threadsafe(_mark_ended, ended)
+    except RuntimeError:  # the loop is closed: nobody is left to tell
+        return
+
+
+def _mark_ended(ended: asyncio.Future[None]) -> None:
+    if not ended.done():  # else the waiter was cancelled
+        ended.set_result(None)
+
+
+async def _result_of_work(future: WorkItem, ended: asyncio.Future[None]) -> Any:
+    """Wait for ``ended``, then return the work's result or raise its exception.
+
+    The loop's future only signals the end, and the outcome is read from the
+    work item: a future refuses StopIteration, with which ``wrap_future`` never
+    completes. Cancelled, the work item is cancelled too (if it has not started).
+    """
+    try:
+        await ended
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    return future.result()
+
+
+class AsyncioDispatcher:
+    """Native asyncio tasks and a share of the worker pool (see the module doc)."""
+
+    __slots__ = (
+        "_activity",
+        "_apartment",
+        "_loop",
+        "_system_tasks",
+        "_thread_limit",
+        "_workers",
+    )
+
+    def __init__(
+        self, activity: Activity, loop: asyncio.AbstractEventLoop, apartment: Apartment | None
+    ) -> None:
+        self._activity = activity
+        self._loop = loop
+        self._apartment = apartment
+        self._thread_limit = activity.config.thread_limit
+        self._workers: Workers | None = None
+        self._system_tasks: set[asyncio.Task[None]] = set()
+
+    def _lent_workers(self) -> Workers:
+        workers = self._workers
+        if workers is None:
+            workers = self._workers = borrow_workers(self._thread_limit)
+        return workers
+
+    async def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> Any:
+        """Run a blocking call's body on a worker thread and wait for its result.
+
+        The thread is its chain's host if it has one (see :class:`ReentryHost`).
+        """
+        loop = self._loop
+        ended = loop.create_future()
+        host = hosting.get()
+        threads = host if host is not None and host.takes(call) else self._lent_workers()
+        future = threads.submit(
+            run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
+        )
+        return await _result_of_work(future, ended)
+
+    def new_event(self) -> Event:
+        return asyncio.Event()
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncio.CancelledError)
+
+    def start(self, call: Call[Any]) -> None:
+        loop = self._loop
+        context = call._context
+        assert context is not None
+        activity = self._activity
+        plain = activity._domain is None
+        if call._kind is BLOCKING:
+            if plain and self._apartment is None and not activity._bound_to_loop:
+                # No asyncio future in between: the work item's done callback asks
+                # the loop to finish the call (thread_done), one hop instead of two.
+                try:
+                    call._future = self._lent_workers().submit(
+                        context.run, call._fn, call._args, call._thread_done
+                    )
+                except BaseException as exc:  # no worker thread could be started
+                    loop.call_soon(activity._finish, call, FAILED, None, exc)
+                    return
+            else:
+                self._start_task(call, self._run_wrapped(call), context)
+        elif plain:
+            if call._kind is COROUTINE:
+                coro = call._fn
+            else:
+                try:
+                    coro = context.run(call._fn, *call._args)
+                except BaseException as exc:
+                    if isinstance(exc, StopIteration):
+                        exc = stop_iteration_error(exc)
+                    loop.call_soon(activity._finish, call, FAILED, None, exc)
+                    return
+                if not is_coroutine(coro):
+                    loop.call_soon(activity._finish, call, *outcome_of_result(call, coro))
+                    return
+            self._start_task(call, coro, context)
+        else:
+            self._start_task(call, self._run_wrapped(call), context)
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
+
+    def _start_task(
+        self, call: Call[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context
+    ) -> None:
+        task = self._loop.create_task(coro, context=context)
+        call._future = task
+        # A bound method, not a closure: it lives as long as the task, and is smaller.
+        task.add_done_callback(call._future_done, context=context)
+
+    async def _run_wrapped(self, call: Call[Any]) -> Any:
+        """A call that enters a domain, or runs on an STA thread or on the loop thread."""
+        domain = self._activity._domain
+        if domain is not None:
+            await domain.enter(call._causality)
+        try:
+            if call._kind is BLOCKING:
+                # A copy: if this task is cancelled while an abandoned thread still
+                # runs in the context, the task must not need to enter it too.
+                return await self._blocking(call, contextvars.copy_context().run)
+            coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
+            return await coro if is_coroutine(coro) else coro
+        finally:
+            if domain is not None:
+                domain.leave(call._causality)
+
+    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
+        if self._activity._bound_to_loop:
+            return run_here(run, call._fn, call._args)
+        apartment = self._apartment
+        if apartment is not None and host_of(call) is None:
+            loop = self._loop
+            ended = loop.create_future()
+            future = apartment.submit(
+                run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
+            )
+            try:
+                return await _result_of_work(future, ended)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    apartment.abandon()
+                raise
+        return await self._in_thread(run, call)
+
+    def future_done(self, call: Call[Any], future: asyncio.Future[Any] | WorkItem) -> None:
+        """The done callback of a call's task or executor future (via ``Call``)."""
+        self._activity._finish(call, *self._outcome(call, future))
+
+    @staticmethod
+    def _outcome(call: Call[Any], future: asyncio.Future[Any] | WorkItem) -> Outcome:
+        extras = call._extras
+        if extras is not None and extras.timer is not None:
+            extras.timer.cancel()
+            extras.timer = None
+        call._future = None
+        if future.cancelled():
+            return cancelled_outcome(call)
+        exc = future.exception()
+        if exc is not None:
+            return FAILED, None, exc
+        return outcome_of_result(call, future.result())
+
+    def thread_done(self, call: Call[Any], future: WorkItem) -> None:
+        """The done callback of a blocking call's work item (via ``Call``).
+
+        It runs in the worker thread, or in the loop's when the work item was
+        cancelled before it started. The call is finished on the loop, in its own
+        context, which the thread has left by now; a call already finished as
+        abandoned (its context is gone) is not finished twice.
+        """
+        context = call._context
+        if context is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self.future_done, call, future, context=context)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            return
+
+    def _cancel_future(self, call: Call[Any]) -> None:
+        future = call._future
+        if future is None or future.cancel():
+            return
+        if type(future) is WorkItem and not future.done():
+            # A thread that runs cannot be stopped: the call ends now, abandoned,
+            # and what the thread returns later is ignored.
+            self._loop.call_soon(self._abandon, call)
+
+    def _abandon(self, call: Call[Any]) -> None:
+        if call._status is RUNNING:
+            self._activity._finish(call, *cancelled_outcome(call))
+
+    def _on_timeout(self, call: Call[Any]) -> None:
+        call._more().timer = None
+        # Not after a cancel(): a call that runs in its caller's task must cancel that
+        # task once, or the caller is left with a cancellation it never asked for.
+        if call._status is RUNNING and call._future is not None and not call._cancel_requested:
+            call._timed_out = True
+            self._cancel_future(call)
+
+    def cancel_running(self, call: Call[Any]) -> None:
+        call._cancel_requested = True
+        self._cancel_future(call)
+
+    async def run_inline(self, call: Call[Any]) -> Outcome:
+        loop = self._loop
+        task = asyncio.current_task(loop)
+        assert task is not None
+        context = call._context
+        assert context is not None
+        call._future = task
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
+        domain = self._activity._domain
+        try:
+            if domain is not None:
+                await domain.enter(call._causality)
+            try:
+                if call._kind is BLOCKING:
+                    result = await self._blocking(call, context.run)
+                else:
+                    coro = (
+                        call._fn if call._kind is COROUTINE else context.run(call._fn, *call._args)
+                    )
+                    result = await drive_in_context(coro, context) if is_coroutine(coro) else coro
+            finally:
+                if domain is not None:
+                    domain.leave(call._causality)
+        except asyncio.CancelledError as exc:
+            ours = call._cancel_requested or call._timed_out
+            if ours and task.uncancel() == 0:
+                return cancelled_outcome(call)
+            return CANCELLED, None, exc
+        except BaseException as exc:
+            return FAILED, None, exc
+        finally:
+            call._future = None
+            if extras is not None and extras.timer is not None:
+                extras.timer.cancel()
+                extras.timer = None
+        if (call._cancel_requested or call._timed_out) and task.cancelling():
+            # The body swallowed the cancellation we asked for and returned.
+            task.uncancel()
+        return outcome_of_result(call, result)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._system_tasks.add(task)
+        task.add_done_callback(self._system_tasks.discard)
+
+    async def wait_event(self, event: Event, timeout: float | None) -> bool:
+        if timeout is None:
+            await event.wait()
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
+
+    async def wait_event_shielded(self, event: Event) -> None:
+        waiter = self._loop.create_task(event.wait())
+        cancelled: BaseException | None = None
+        while not waiter.done():
+            try:
+                await asyncio.shield(waiter)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    async def aclose(self) -> None:
+        workers = self._workers
+        if workers is not None:
+            self._workers = None
+            workers.shutdown()
+
+    def reentry_host(self, frame: object) -> ReentryHost | None:
+        """The host the calling thread becomes to call back in from ``frame``, if any.
+
+        Called from that thread (see :class:`ReentryHost`).
+        """
+        return reentry_host(
+            self._activity,
+            frame,
+            self._apartment,
+            self._start_task_from_thread,
+            asyncio.CancelledError,
+        )
+
+    def _start_task_from_thread(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._start_system_task, fn, context=context)
+        except RuntimeError:  # the loop is closed
+            raise anyio.RunFinishedError from None
+
+    def _start_system_task(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.spawn(fn())

@@ -1,0 +1,310 @@
+"""The trio backend: tasks of a trio nursery, each in its own trio cancel scope.
+
+``TrioDispatcher`` (trio, the other loop anyio runs on) starts each call as
+a task of a trio nursery whose only frame, besides the body's, is the one
+that runs the body inside a trio cancel scope and then finishes the call.
+There is no anyio task group and no anyio cancel scope: each wraps trio's
+own and about doubles what a call in flight costs. Blocking calls go through
+``anyio.to_thread.run_sync`` (trio's own cache of threads, which also end when
+idle) with the activity's ``CapacityLimiter``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._call import BLOCKING, CANCELLED, COMPLETED, COROUTINE, FAILED
+from .._workers import worker_threads
+from ._common import (
+    CHECKED_RESULTS,
+    drive_in_context,
+    host_of,
+    is_coroutine,
+    outcome_of_result,
+    reentry_host,
+    run_here,
+    timeout_error,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from .._activity import Activity
+    from .._apartment import Apartment
+    from .._call import Call
+    from .._workers import WorkItem
+    from . import Event
+    from ._common import Outcome, ReentryHost
+
+__all__ = ["TrioDispatcher"]
+
+
+def _boxed(run: Callable[..., Any], fn: Any, args: tuple[Any, ...]) -> tuple[Any]:
+    """``run(fn, *args)`` in one of anyio's worker threads, its result in a 1-tuple."""
+    worker_threads.serving = True
+    return (run_here(run, fn, args),)
+
+
+class _NoTicket:
+    """No place was taken in the domain's line beforehand."""
+
+    __slots__ = ()
+
+
+_NO_TICKET = _NoTicket()
+
+
+class TrioDispatcher:
+    """Tasks of a trio nursery, each in its own trio cancel scope (see the module doc)."""
+
+    __slots__ = (
+        "_activity",
+        "_apartment",
+        "_cancel_scope",
+        "_cancelled_exc",
+        "_current_time",
+        "_limiter",
+        "_nursery",
+        "_nursery_manager",
+        "_start_soon",
+        "_task_name",
+        "_token",
+        "_trio_token",
+    )
+
+    def __init__(self, activity: Activity, apartment: Apartment | None) -> None:
+        import trio  # only ever imported on a trio loop
+
+        self._activity = activity
+        self._apartment = apartment
+        self._limiter = anyio.CapacityLimiter(activity.config.thread_limit)
+        self._nursery_manager = trio.open_nursery()
+        self._nursery: trio.Nursery | None = None
+        self._cancel_scope = trio.CancelScope
+        self._current_time = trio.current_time
+        self._cancelled_exc: type[BaseException] = trio.Cancelled
+        self._token = anyio.lowlevel.current_token()
+        self._trio_token = trio.lowlevel.current_trio_token()
+        self._task_name = f"activity {activity.name!r} call"
+        self._start_soon: Callable[..., None] | None = None
+
+    async def open(self) -> None:
+        nursery = self._nursery = await self._nursery_manager.__aenter__()
+        # One name for every call task: trio would otherwise format one per task.
+        self._start_soon = functools.partial(nursery.start_soon, name=self._task_name)
+
+    def new_event(self) -> Event:
+        return anyio.Event()
+
+    def is_cancellation(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._cancelled_exc)
+
+    def start(self, call: Call[Any]) -> None:
+        context = call._context
+        assert context is not None
+        # trio starts new tasks in no set order: take the call's place in the
+        # domain's line now, so the domain stays FIFO in submission order.
+        domain = self._activity._domain
+        ticket = None if domain is None else domain.reserve(call._causality)
+        # The new task runs in a copy of the context current at start_soon.
+        start_soon = self._start_soon
+        assert start_soon is not None, "the dispatcher is not open"
+        context.run(start_soon, self._run, call, ticket, False)
+
+    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
+        if self._activity._bound_to_loop:
+            return run_here(run, call._fn, call._args)
+        host = host_of(call)
+        apartment = self._apartment
+        if host is not None or apartment is not None:
+            ended = anyio.Event()
+            thread = host if host is not None else apartment
+            assert thread is not None
+            future = thread.submit(run, call._fn, call._args, self._waker(ended))
+            try:
+                await ended.wait()
+            except self._cancelled_exc:
+                # A host's thread is held by the call waiting for this one anyway.
+                if not future.cancel() and host is None and apartment is not None:
+                    apartment.abandon()
+                raise
+            return future.result()
+        # Boxed: trio refuses a thread's result that is a coroutine with a TypeError of
+        # its own; the activity reports that mistake itself (outcome_of_result).
+        boxed = await anyio.to_thread.run_sync(
+            _boxed, run, call._fn, call._args, limiter=self._limiter, abandon_on_cancel=True
+        )
+        return boxed[0]
+
+    def _waker(self, event: Event) -> Callable[[WorkItem], None]:
+        """A work item's done callback that sets ``event`` on this loop, from any thread."""
+        loop_thread = threading.get_ident()
+        token = self._token
+
+        def wake(_: WorkItem) -> None:
+            if threading.get_ident() == loop_thread:
+                event.set()
+                return
+            try:
+                anyio.from_thread.run_sync(event.set, token=token)
+            except Exception:  # the loop has finished: nobody is waiting any more
+                return
+
+        return wake
+
+    async def _run(
+        self, call: Call[Any], ticket: Event | _NoTicket | None = _NO_TICKET, inline: bool = True
+    ) -> Outcome:
+        """Run a call's body in its own cancel scope; a task also finishes the call.
+
+        One coroutine does it all, the task's only frame besides the body's own:
+        a call in flight costs a task, this frame and a cancel scope. ``inline``
+        (``synchronous_call``) runs the body in the caller's task instead, each
+        step inside the call's context.
+        """
+        activity = self._activity
+        domain = activity._domain
+        if call._cancel_requested and not inline:
+            # Cancelled between start() and the task's first step.
+            if domain is not None and not isinstance(ticket, _NoTicket):
+                domain.abandon(call._causality, ticket)
+            activity._finish(call, CANCELLED, None, None)
+            return CANCELLED, None, None
+        scope = self._cancel_scope()
+        extras = call._extras
+        if extras is not None and extras.timeout is not None:
+            scope.deadline = self._current_time() + extras.timeout
+        call._future = scope
+        if call._cancel_requested:
+            scope.cancel()
+        outcome: Outcome
+        result: Any = None
+        try:
+            with scope:
+                if domain is not None:
+                    if isinstance(ticket, _NoTicket):
+                        await domain.enter(call._causality)
+                    else:
+                        await domain.wait_turn(call._causality, ticket)
+                try:
+                    if call._kind is BLOCKING:
+                        # A task's body runs in a copy of the context: if the task is
+                        # cancelled while an abandoned thread still runs in it, the
+                        # call's own context is not entered twice.
+                        context = call._context if inline else contextvars.copy_context()
+                        assert context is not None
+                        result = await self._blocking(call, context.run)
+                    elif inline:
+                        context = call._context
+                        assert context is not None
+                        coro = (
+                            call._fn
+                            if call._kind is COROUTINE
+                            else context.run(call._fn, *call._args)
+                        )
+                        result = (
+                            await drive_in_context(coro, context) if is_coroutine(coro) else coro
+                        )
+                    else:
+                        coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
+                        result = await coro if is_coroutine(coro) else coro
+                finally:
+                    if domain is not None:
+                        domain.leave(call._causality)
+        except self._cancelled_exc as exc:
+            # Cancelled from outside the call's own scope (the host went away).
+            outcome = CANCELLED, None, exc
+        except BaseException as exc:
+            outcome = FAILED, None, exc
+        else:
+            if scope.cancelled_caught:
+                if call._cancel_requested:
+                    outcome = CANCELLED, None, None
+                else:
+                    outcome = FAILED, None, timeout_error(call)
+            elif type(result) in CHECKED_RESULTS:
+                outcome = outcome_of_result(call, result)
+            else:
+                outcome = COMPLETED, result, None
+        finally:
+            call._future = None
+        if not inline:
+            activity._finish(call, *outcome)
+        return outcome
+
+    def cancel_running(self, call: Call[Any]) -> None:
+        call._cancel_requested = True
+        scope = call._future
+        if scope is not None:
+            scope.cancel()
+
+    #: Its defaults run a synchronous call in the caller's task, without a frame more.
+    run_inline = _run
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            await coro
+
+        assert self._nursery is not None
+        self._nursery.start_soon(run)
+
+    async def wait_event(self, event: Event, timeout: float | None) -> bool:
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await event.wait()
+        return event.is_set()
+
+    async def wait_event_shielded(self, event: Event) -> None:
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+
+    def reentry_host(self, frame: object) -> ReentryHost | None:
+        """The host the calling thread becomes to call back in from ``frame``, if any.
+
+        Called from that thread (see :class:`ReentryHost`).
+        """
+        return reentry_host(
+            self._activity,
+            frame,
+            self._apartment,
+            self._start_task_from_thread,
+            self._cancelled_exc,
+        )
+
+    def _start_task_from_thread(
+        self, fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        import trio
+
+        try:
+            self._trio_token.run_sync_soon(self._start_system_task, fn, context)
+        except trio.RunFinishedError:
+            raise anyio.RunFinishedError from None
+
+    @staticmethod
+    def _start_system_task(
+        fn: Callable[[], Coroutine[Any, Any, None]], context: contextvars.Context
+    ) -> None:
+        import trio
+
+        # A system task, as trio.from_thread.run starts: the activity's nursery may
+        # be closing while the thread's own call still runs.
+        trio.lowlevel.spawn_system_task(fn, context=context)
+
+    async def aclose(self) -> None:
+        try:
+            await self._nursery_manager.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            # No call task raises; only the host's own cancellation can arrive here.
+            cancelled, rest = group.split(self._cancelled_exc)
+            if rest is not None or cancelled is None:
+                raise
+            raise cancelled.exceptions[0] from None
