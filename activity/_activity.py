@@ -2,8 +2,8 @@
 
 This module wires the others together. A call flows one way:
 
-    validate (here) -> admit or reject (_admission) -> Call returned (_call)
-    -> dispatched with its context (_dispatch) -> outcome stored on the Call
+    validate (_validate) -> admit or reject (_admission) -> Call returned (_call)
+    -> dispatched with its context (_backends) -> outcome stored on the Call
     -> counters and tracking (here, _admission, tracking) -> failure routed (here)
 """
 
@@ -14,7 +14,6 @@ import concurrent.futures
 import enum
 import inspect
 import itertools
-import math
 import weakref
 from asyncio import _get_running_loop, current_task  # pyright: ignore[reportPrivateUsage]
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -79,6 +78,16 @@ from ._errors import (
     WrongThreadError,
 )
 from ._hresult import HResult
+from ._validate import (
+    CO_COROUTINE,
+    CO_GENERATORS,
+    check_name,
+    check_services,
+    check_timeout,
+    classify,
+    make_config,
+    refuse_coroutine,
+)
 
 if TYPE_CHECKING:
     from ._backends import Backend as Dispatcher
@@ -90,8 +99,6 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 Ts = TypeVarTuple("Ts")
 
-_CO_COROUTINE: Final = inspect.CO_COROUTINE
-_CO_GENERATORS: Final = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 #: The frames that are calls (a nested synchronous_call of their activity re-enters).
 _CALL_FRAMES: Final = (Call, InlineCall)
 _ids = itertools.count(1)
@@ -124,133 +131,6 @@ _OPEN: Final = _State.OPEN
 #: How many unobserved failures an activity keeps, tracebacks and all, until it exits;
 #: past that it counts them by type (a long-lived activity must not grow without bound).
 MAX_KEPT_FAILURES: Final = 100
-
-
-def _classify(fn: Any, args: tuple[Any, ...]) -> tuple[Kind, Any, Any]:
-    """Decide how ``fn`` runs: (kind, body, object whose on_error observes failures)."""
-    # The common case first, without inspect's unwrapping.
-    if type(fn) is FunctionType:
-        flags = fn.__code__.co_flags
-        if flags & _CO_COROUTINE:
-            return COROUTINE_FUNCTION, fn, None
-        if not flags & _CO_GENERATORS:
-            return BLOCKING, fn, None
-    if inspect.iscoroutine(fn):
-        if args:
-            raise InvalidArgumentError(
-                f"a coroutine object takes no arguments, got {len(args)} for {fn!r}",
-                field="args",
-                value=args,
-            )
-        return COROUTINE, fn, None
-    on_call = getattr(fn, "on_call", None)
-    if on_call is not None:
-        if not callable(on_call):
-            raise InvalidArgumentError(
-                f"{fn!r} has an on_call attribute that is not callable", field="fn", value=fn
-            )
-        if args:
-            raise InvalidArgumentError(
-                f"an object with on_call() takes no arguments, got {len(args)}",
-                field="args",
-                value=args,
-            )
-        on_error = getattr(fn, "on_error", None)
-        target = fn if callable(on_error) else None
-        kind = COROUTINE_FUNCTION if _is_async(on_call) else BLOCKING
-        return kind, on_call, target
-    if not callable(fn):
-        raise InvalidArgumentError(
-            "fn must be a coroutine function, a callable, an object with on_call() or a "
-            f"coroutine object; got {type(fn).__name__} {fn!r}",
-            field="fn",
-            value=fn,
-        )
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
-        raise InvalidArgumentError(
-            f"{fn!r} is a generator function; wrap it in a function that consumes it",
-            field="fn",
-            value=fn,
-        )
-    return (COROUTINE_FUNCTION if _is_async(fn) else BLOCKING), fn, None
-
-
-def _is_async(fn: Any) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(type(cast("object", fn)), "__call__", None)  # noqa: B004 - an object with an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
-def _check_timeout(timeout: Any, default: float | None) -> float | None:
-    if timeout is None:
-        return default
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
-        or timeout <= 0
-    ):
-        raise InvalidArgumentError(
-            f"timeout must be a positive number of seconds or None, got {timeout!r}",
-            field="timeout",
-            value=timeout,
-        )
-    return None if math.isinf(timeout) else float(timeout)
-
-
-def _check_name(name: Any) -> str | None:
-    # The same rule as ActivityConfig.name: a str of 1 to 200 characters.
-    if name is not None and (not isinstance(name, str) or not 1 <= len(name) <= 200):
-        raise InvalidArgumentError(
-            f"name must be a str of 1 to 200 characters or None, got {name!r}",
-            field="name",
-            value=name,
-        )
-    return name
-
-
-def _make_config(config: object, options: dict[str, Any]) -> ActivityConfig:
-    if config is None:
-        return ActivityConfig(**options)
-    if isinstance(config, ActivityConfig):
-        return config.with_options(options)
-    if isinstance(config, Mapping):
-        return ActivityConfig(**{**cast("Mapping[str, Any]", config), **options})
-    raise InvalidArgumentError(
-        f"config must be an ActivityConfig, a mapping or None, got {config!r}",
-        field="config",
-        value=config,
-    )
-
-
-def _check_services(config: ActivityConfig) -> None:
-    """Refuse the combinations COM+ refuses for an activity, before anything runs."""
-    if config.thread_pool is ThreadPool.NONE:
-        raise InvalidArgumentError(
-            "thread_pool=ThreadPool.NONE is refused for an activity, as CoCreateActivity "
-            "refuses it (CO_E_THREADPOOL_CONFIG): choose MTA, STA or INHERIT",
-            field="thread_pool",
-            value=config.thread_pool,
-            hresult=HResult.CO_E_THREADPOOL_CONFIG,
-        )
-    if (
-        config.binding is Binding.BIND_TO_POOL_THREAD
-        and config.effective_thread_pool is ThreadPool.MTA
-    ):
-        raise InvalidArgumentError(
-            "binding=Binding.BIND_TO_POOL_THREAD needs thread_pool=ThreadPool.STA (or INHERIT "
-            "from an STA parent): an MTA activity has no thread to bind to",
-            field="binding",
-            value=config.binding,
-            hresult=HResult.CO_E_THREADPOOL_CONFIG,
-        )
-
-
-def _refuse_coroutine(fn: Any) -> None:
-    """Close a coroutine object that will never run, so Python does not warn about it."""
-    if inspect.iscoroutine(fn):
-        fn.close()
 
 
 @final
@@ -315,12 +195,12 @@ class Activity:
     def __init__(
         self, config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
     ) -> None:
-        config = _make_config(config, options)
+        config = make_config(config, options)
         self._config = config
         self._id = next(_ids)
         self._name = config.name or f"activity-{self._id}"
         self._activity = self  # the frame protocol: an activity's body belongs to it
-        _check_services(config)
+        check_services(config)
         self._counters = Counters()
         # Its own budget; a partition's shared one replaces it when the activity opens.
         self._admission = Admission(config.max_concurrency, config.max_pending, None)
@@ -779,15 +659,15 @@ class Activity:
             and get_ident() == self._thread_id
             and _get_running_loop() is self._loop
             and (
-                (flags := fn.__code__.co_flags) & _CO_COROUTINE
-                or not (flags & _CO_GENERATORS or self._apartment or self._bound_to_loop)
+                (flags := fn.__code__.co_flags) & CO_COROUTINE
+                or not (flags & CO_GENERATORS or self._apartment or self._bound_to_loop)
             )
         ):
             # The common cases, inline: a coroutine function, or a plain function for
             # the worker threads, that may start at once, with no domain to enter and
             # no timeout to arm. The steps of the general path below, without the
             # branches that cannot apply.
-            blocking = not flags & _CO_COROUTINE
+            blocking = not flags & CO_COROUTINE
             frame = _frame.get()
             admission = self._admission
             if frame is None:
@@ -1001,18 +881,18 @@ class Activity:
             # The common cases: a function (coroutine or plain) without per-call
             # options, on the activity's own thread while it is open.
             flags = fn.__code__.co_flags
-            if flags & _CO_COROUTINE:
+            if flags & CO_COROUTINE:
                 return COROUTINE_FUNCTION, fn, None, self._timeout
-            if not flags & _CO_GENERATORS:
+            if not flags & CO_GENERATORS:
                 return BLOCKING, fn, None, self._timeout
         try:
             self._check_open()
-            kind, body, target = _classify(fn, args)
-            call_timeout = self._timeout if timeout is None else _check_timeout(timeout, None)
+            kind, body, target = classify(fn, args)
+            call_timeout = self._timeout if timeout is None else check_timeout(timeout, None)
             if name is not None:
-                _check_name(name)
+                check_name(name)
         except BaseException:
-            _refuse_coroutine(fn)
+            refuse_coroutine(fn)
             raise
         return kind, body, target, call_timeout
 
@@ -1043,11 +923,11 @@ class Activity:
         except BaseException:
             if not waiter.event.is_set():
                 self._admission.waiters.remove(waiter)
-                _refuse_coroutine(call._fn)
+                refuse_coroutine(call._fn)
             # else: the call was accepted before the cancellation arrived; it runs.
             raise
         if waiter.refused is not None:
-            _refuse_coroutine(call._fn)
+            refuse_coroutine(call._fn)
             raise waiter.refused
         if not admitted:
             self._admission.waiters.remove(waiter)
@@ -1055,7 +935,7 @@ class Activity:
 
     def _reject(self, call: Call[Any], fn: Any, waited: float | None = None) -> None:
         self._counters.rejected += 1
-        _refuse_coroutine(fn)
+        refuse_coroutine(fn)
         if tracking._listeners:
             tracking.emit(tracking.EventKind.CALL_REJECTED, self, call)
         a = self._admission
@@ -1185,7 +1065,7 @@ class Activity:
             # Nobody is left to report to at exit: the caller hears of it at once.
             outcome = handler(*args)
             if inspect.isawaitable(outcome):
-                _refuse_coroutine(outcome)
+                refuse_coroutine(outcome)
                 raise ActivityClosedError(
                     f"{handler!r} returned an awaitable, but activity {self._name!r} has "
                     "closed and nothing is left to await it"
