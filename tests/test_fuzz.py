@@ -369,7 +369,7 @@ class Work:
             self.inner = CallStatus.COMPLETED
         elif isinstance(error, ActivityClosedError):
             self.inner = None  # refused, never accepted
-        elif isinstance(error, CallCancelledError | anyio.get_cancelled_exc_class()):
+        elif isinstance(error, CallCancelledError | self.harness.cancelled_exc):
             self.inner = CallStatus.CANCELLED
         else:
             self.inner = CallStatus.FAILED
@@ -526,6 +526,9 @@ class Harness:
         self._commands: list[Command] = []
         self._wake: anyio.Event | None = None
         self.token = self.portal.call(anyio.lowlevel.current_token)
+        #: The loop's own cancellation. Asked on the loop once: a blocking body's thread
+        #: runs no event loop, and anyio.get_cancelled_exc_class() raises there.
+        self.cancelled_exc: type[BaseException] = self.portal.call(anyio.get_cancelled_exc_class)
         self.host = self.portal.start_task_soon(self._host)
         self.control(Command(control="enter"), config)
 
