@@ -469,3 +469,47 @@ class TestLimits:
         assert isinstance(summary, ActivityError)
         assert f"{extra - 1} more unobserved failure(s)" in str(summary)
         assert f"ValueError x {extra - 1}" in str(summary)
+
+
+class TestAbandonedBeforeItStarts:
+    """A blocking call that ends before its worker thread starts it never runs."""
+
+    @pytest.mark.parametrize("anyio_backend", ["trio"])
+    async def test_cancelled_between_hand_off_and_start(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from activity._backends import _trio
+
+        loop_thread = threading.current_thread()
+        at_door = threading.Event()
+        go = threading.Event()
+        passed = threading.Event()
+        real = _trio._handoff_lock
+
+        class SlowDoor:
+            """Holds the worker thread at the hand-off until the call was cancelled."""
+
+            def __enter__(self) -> None:
+                if threading.current_thread() is not loop_thread:
+                    at_door.set()
+                    go.wait(LIMIT)
+                real.acquire()
+
+            def __exit__(self, *exc_info: object) -> None:
+                real.release()
+                if threading.current_thread() is not loop_thread:
+                    passed.set()
+
+        monkeypatch.setattr(_trio, "_handoff_lock", SlowDoor())
+        ran: list[int] = []
+        async with Activity() as act:
+            call = await act.asynchronous_call(ran.append, 1)
+            await until(at_door.is_set)
+            assert call.cancel()
+            with anyio.fail_after(LIMIT):
+                await call.wait()
+        go.set()
+        await until(passed.is_set)
+        assert ran == []
+        assert call.status is CallStatus.CANCELLED
+        assert_balanced(act.statistics())

@@ -48,8 +48,39 @@ if TYPE_CHECKING:
 __all__ = ["TrioDispatcher"]
 
 
-def _boxed(run: Callable[..., Any], fn: Any, args: tuple[Any, ...]) -> tuple[Any]:
+#: Guards a hand-off's one contested step: its thread starting the body, or the loop
+#: abandoning it.
+_handoff_lock = threading.Lock()
+
+
+class _Handoff:
+    """A blocking body handed to one of anyio's worker threads, which may yet be abandoned.
+
+    anyio gives the body to a thread before that thread starts it. A call cancelled
+    (or timed out) in between ends at once, so the body must then never start: its
+    activity may have closed by the time the thread gets to it.
+    """
+
+    __slots__ = ("abandoned", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        with _handoff_lock:
+            if not self.started:
+                self.abandoned = True
+
+
+def _boxed(
+    handoff: _Handoff, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
+) -> tuple[Any]:
     """``run(fn, *args)`` in one of anyio's worker threads, its result in a 1-tuple."""
+    with _handoff_lock:
+        if handoff.abandoned:
+            return (None,)  # the call has ended already; nobody reads this
+        handoff.started = True
     worker_threads.serving = True
     return (run_here(run, fn, args),)
 
@@ -140,9 +171,20 @@ class TrioDispatcher:
             return future.result()
         # Boxed: trio refuses a thread's result that is a coroutine with a TypeError of
         # its own; the activity reports that mistake itself (outcome_of_result).
-        boxed = await anyio.to_thread.run_sync(
-            _boxed, run, call._fn, call._args, limiter=self._limiter, abandon_on_cancel=True
-        )
+        handoff = _Handoff()
+        try:
+            boxed = await anyio.to_thread.run_sync(
+                _boxed,
+                handoff,
+                run,
+                call._fn,
+                call._args,
+                limiter=self._limiter,
+                abandon_on_cancel=True,
+            )
+        except self._cancelled_exc:
+            handoff.abandon()
+            raise
         return boxed[0]
 
     def _waker(self, event: Event) -> Callable[[WorkItem], None]:
