@@ -189,6 +189,22 @@ class Node:
             node = node.parent if ancestors else None
         return False
 
+    def may_have_failed_fast(self) -> bool:
+        """Whether this activity or an ancestor may have cancelled itself unseen by the model.
+
+        It has if one of its asynchronous calls that may fail can end before its
+        submitter has hooked the model to the call's end (see ``Work.watched``): a
+        body starts as soon as the call is launched, which may be before
+        ``asynchronous_call_from_thread`` returns to its thread, or before a parked
+        ``Overflow.WAIT`` submitter resumes. Such a call's end is known at exit.
+        """
+        node: Node | None = self
+        while node is not None:
+            if node.fail_fast and any(w.may_fail_unseen for w in node.works):
+                return True
+            node = node.parent
+        return False
+
 
 _work_ids = itertools.count(1)
 
@@ -254,6 +270,8 @@ class Work:
         self.inner: CallStatus | None = None
         #: Counted in the node's parked submitters.
         self.parked = False
+        #: The model hears of the call's end when it ends: its done callback is in.
+        self.watched = False
 
     def park(self, may_wait: bool) -> None:
         with self.harness.lock:
@@ -275,6 +293,22 @@ class Work:
     @property
     def ended(self) -> bool:
         return self.status is not None or self.accepted is False
+
+    @property
+    def may_fail(self) -> bool:
+        """Whether the body may fail (``outcome_problem`` accepts no other failure)."""
+        return (
+            self.behaviour in ("raise", "stop_iteration", "reentrant")
+            or self.timeout is not None
+            or self.kind == "nested"
+        )
+
+    @property
+    def may_fail_unseen(self) -> bool:
+        """An asynchronous call that may have failed without the model hearing of it yet."""
+        return (
+            self.asynchronous and not self.watched and self.accepted is not False and self.may_fail
+        )
 
     def __repr__(self) -> str:
         return (
@@ -699,10 +733,16 @@ def tasks_now(backend: str) -> set[str]:
 
 
 def predict(node: Node) -> str:
-    """What a submission to ``node`` meets right now: closed, run, queue, full or unknown.
+    """What a submission to ``node`` meets right now.
+
+    One of closed, run, queue, full, unknown (full or closed: rejected, refused
+    as closed, or accepted by a parked submitter's leaving), or open_or_closed
+    (run or queue, unless a failure the model has not heard of yet made the
+    activity fail fast: then refused as closed, and never rejected).
 
     Read in the same step as the submission, so exact, except when a submitter
-    may be parked (their number is known only to the activity).
+    may be parked (their number is known only to the activity), or a call may
+    have failed before its submitter hooked the model to it.
     """
     if not node.open or node.cancelled or node.failed_fast(ancestors=False):
         return "closed"
@@ -712,10 +752,14 @@ def predict(node: Node) -> str:
         # A fail-fast ancestor cancels its children, unless they were entered later.
         return "unknown"
     if stats.running < stats.max_concurrency and stats.pending == 0:
-        return "run"
-    if stats.pending < stats.max_pending:
-        return "queue"
-    return "full"
+        room = "run"
+    elif stats.pending < stats.max_pending:
+        room = "queue"
+    else:
+        room = "full"
+    if node.may_have_failed_fast():
+        return "unknown" if room == "full" else "open_or_closed"
+    return room
 
 
 def refusal_problem(exc: BaseException, expected: str) -> str | None:
@@ -724,6 +768,7 @@ def refusal_problem(exc: BaseException, expected: str) -> str | None:
         "closed": (ActivityClosedError,),
         "full": (AsyncWorkRejectedError,),
         "unknown": (AsyncWorkRejectedError, ActivityClosedError),
+        "open_or_closed": (ActivityClosedError,),
     }
     if isinstance(exc, allowed.get(expected, ())):
         return None
@@ -773,6 +818,8 @@ def outcome_problem(work: Work, final: bool) -> str | None:
     if status is CallStatus.CANCELLED:
         if work.cancel_source or behaviour == "self_cancel" or work.node.failed_fast():
             return None
+        if not final and work.node.may_have_failed_fast():
+            return None  # a failure the model hears of later (checked again at the exit)
         return "cancelled, but nothing cancelled it"
     exc = work.exception
     if not final and exc is None:
@@ -963,6 +1010,7 @@ class ActivityMachine(RuleBasedStateMachine):
             if work.name is not None and call.name != work.name:
                 raise AssertionError(f"{work!r} named {call.name!r}")
             call.add_done_callback(work.done)
+            work.watched = True
             work.ready.set()
         finally:
             work.unpark()
@@ -1006,7 +1054,7 @@ class ActivityMachine(RuleBasedStateMachine):
         if isinstance(error, ActivityClosedError):
             work.accepted = False
             work.refusal = error
-            if expected not in ("closed", "unknown", "full"):
+            if expected not in ("closed", "unknown", "full", "open_or_closed"):
                 self.harness.violations.append(f"{work!r} refused as closed, expected {expected}")
         else:
             work.accepted = True
@@ -1066,6 +1114,7 @@ class ActivityMachine(RuleBasedStateMachine):
                         work.future = future
                         work.accepted = True
                         future.add_done_callback(work.future_done)
+                        work.watched = True
                     return
                 try:
                     value = act.synchronous_call_from_thread(fn, *args, timeout=work.timeout)
