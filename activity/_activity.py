@@ -606,6 +606,76 @@ class Activity:
         return call
 
     @overload
+    def asynchronous_call_nowait(
+        self,
+        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    @overload
+    def asynchronous_call_nowait(
+        self, fn: Awaitable[T], /, *, name: str | None = None, timeout: float | None = None
+    ) -> Call[T]: ...
+    @overload
+    def asynchronous_call_nowait(
+        self,
+        fn: AsyncServiceCall[T],
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    @overload
+    def asynchronous_call_nowait(
+        self, fn: ServiceCall[T], /, *, name: str | None = None, timeout: float | None = None
+    ) -> Call[T]: ...
+    @overload
+    def asynchronous_call_nowait(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        /,
+        *args: *Ts,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[T]: ...
+    def asynchronous_call_nowait(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
+        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+    ) -> Call[Any]:
+        """Queue ``fn(*args)`` like :meth:`asynchronous_call`, without waiting.
+
+        A plain method (trio's ``*_nowait`` convention): the work is accepted
+        or refused before it returns, whatever the ``overflow`` setting, so it
+        can be used where no ``await`` is possible, and a forgotten ``await``
+        cannot leave the work unsubmitted.
+
+        :param fn: the work, as for :meth:`asynchronous_call`
+        :param args: positional arguments for ``fn``
+        :param name: a name for the call (tracebacks, tracking)
+        :param timeout: seconds the call may run (default: the config's ``timeout``)
+        :return: the call's handle
+        :raises AsyncWorkRejectedError: if the queue is full, at once
+        :raises ActivityClosedError: if the activity is not open, cancelled or closing
+        :raises InvalidArgumentError: if ``fn``, ``name`` or ``timeout`` is not valid
+        :raises WrongThreadError: if called from another thread or event loop than the
+            activity's
+
+        .. versionadded:: 0.1
+        """
+        kind, body, target, call_timeout = self._validate(fn, args, timeout, name)
+        call = self._new_call(kind, body, args, target, name, call_timeout, _frame.get(), False)
+        admission = self._admission
+        if admission.can_run_now():
+            admission.accept_running(call)
+            self._launch(call)
+        elif admission.can_queue():
+            admission.accept_pending(call)
+        else:
+            self._reject(call, fn)
+        return call
+
+    @overload
     async def synchronous_call(
         self,
         fn: Callable[[Unpack[Ts]], Awaitable[T]],

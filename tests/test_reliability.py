@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 
 from activity import (
     Activity,
     ActivityClosedError,
     ActivityError,
+    AsyncWorkRejectedError,
     CallCancelledError,
     CallStatus,
     FailurePolicy,
@@ -513,3 +515,48 @@ class TestAbandonedBeforeItStarts:
         assert ran == []
         assert call.status is CallStatus.CANCELLED
         assert_balanced(act.statistics())
+
+
+class TestNowait:
+    """asynchronous_call_nowait() accepts or refuses before it returns, whatever the overflow."""
+
+    async def test_accepts_runs_and_queues(self) -> None:
+        gate = anyio.Event()
+        async with Activity(max_concurrency=1, max_pending=1) as act:
+            blocker = act.asynchronous_call_nowait(gate.wait)
+            queued = act.asynchronous_call_nowait(echo, 2, name="second")
+            assert (blocker.status, queued.status) == (CallStatus.RUNNING, CallStatus.PENDING)
+            assert queued.name == "second"
+            gate.set()
+            with anyio.fail_after(LIMIT):
+                assert await queued == 2
+        stats = act.statistics()
+        assert (stats.accepted, stats.completed) == (2, 2)
+
+    @pytest.mark.parametrize("overflow", [Overflow.REJECT, Overflow.WAIT])
+    async def test_refuses_at_once_when_full(self, overflow: Overflow) -> None:
+        gate = anyio.Event()
+        async with Activity(max_concurrency=1, max_pending=0, overflow=overflow) as act:
+            act.asynchronous_call_nowait(gate.wait)
+            coro = echo(1)
+            with pytest.raises(AsyncWorkRejectedError):
+                act.asynchronous_call_nowait(coro)
+            assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+            gate.set()
+        stats = act.statistics()
+        assert (stats.accepted, stats.rejected, stats.completed) == (1, 1, 1)
+
+    async def test_bad_input_and_a_closed_activity(self) -> None:
+        async with Activity() as act:
+            with pytest.raises(InvalidArgumentError):
+                act.asynchronous_call_nowait(42)  # type: ignore[call-overload]
+            with pytest.raises(InvalidArgumentError):
+                act.asynchronous_call_nowait(echo, 1, timeout=-1)
+        with pytest.raises(ActivityClosedError):
+            act.asynchronous_call_nowait(echo, 1)
+        assert act.statistics().accepted == 0
+
+    async def test_from_another_thread_is_refused(self) -> None:
+        async with Activity() as act:
+            with pytest.raises(WrongThreadError):
+                await anyio.to_thread.run_sync(act.asynchronous_call_nowait, echo, 1)

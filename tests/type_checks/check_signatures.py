@@ -42,6 +42,12 @@ async def check(act: Activity) -> None:
     assert_type(await act.asynchronous_call(AsyncWork()), Call[float])
     assert_type(await act.asynchronous_call(SyncWork()), Call[str])
 
+    assert_type(act.asynchronous_call_nowait(fetch, "u", 3), Call[bytes])
+    assert_type(act.asynchronous_call_nowait(parse, "abc"), Call[int])
+    assert_type(act.asynchronous_call_nowait(fetch("u", 1)), Call[bytes])
+    assert_type(act.asynchronous_call_nowait(AsyncWork()), Call[float])
+    assert_type(act.asynchronous_call_nowait(SyncWork()), Call[str])
+
     assert_type(await act.synchronous_call(fetch, "u", 3), bytes)
     assert_type(await act.synchronous_call(parse, "abc"), int)
     assert_type(await act.synchronous_call(fetch("u", 1)), bytes)
