@@ -7,6 +7,8 @@ loop. See the README for a tour and ``docs/design.md`` for the mapping.
 from ._activity import Activity as Activity
 from ._activity import AsyncServiceCall as AsyncServiceCall
 from ._activity import ServiceCall as ServiceCall
+from ._activity import cancel_requested as cancel_requested
+from ._activity import check_cancelled as check_cancelled
 from ._activity import create_activity as create_activity
 from ._activity import service_domain as service_domain
 from ._call import Call as Call
@@ -74,6 +76,8 @@ __all__ = (
     "SynchronizationDomain",
     "ThreadPool",
     "WrongThreadError",
+    "cancel_requested",
+    "check_cancelled",
     "create_activity",
     "current_activity",
     "error_from_hresult",

@@ -43,7 +43,7 @@ from . import tracking
 from ._admission import Admission, Counters, Waiter, join_partition
 from ._apartment import Apartment
 from ._backends._asyncio import AsyncioDispatcher
-from ._backends._common import CHECKED_RESULTS, drive_in_context, outcome_of_result
+from ._backends._common import CHECKED_RESULTS, drive_in_context, outcome_of_result, timeout_error
 from ._backends._trio import TrioDispatcher
 from ._call import (
     BLOCKING,
@@ -93,7 +93,7 @@ if TYPE_CHECKING:
     from ._backends import Backend as Dispatcher
     from ._backends import Event
 
-__all__ = ["Activity", "create_activity", "service_domain"]
+__all__ = ["Activity", "cancel_requested", "check_cancelled", "create_activity", "service_domain"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -1710,6 +1710,53 @@ def create_activity(
     return Activity(config, **options)
 
 
+def cancel_requested() -> bool:
+    """Return whether the call this code runs in was asked to stop.
+
+    True once the call was cancelled (its ``cancel()``, the activity's
+    ``cancel()``, the shutdown) or timed out, even though its body, in a worker
+    thread, is still running: a thread cannot be stopped from outside, so a
+    long blocking body should look now and then and return early. Outside any
+    call (in an activity's block, or outside any activity) it is ``False``.
+    Safe to call from any thread.
+
+    .. versionadded:: 0.1
+    """
+    frame = _frame.get()
+    if not isinstance(frame, _CALL_FRAMES):
+        return False
+    if isinstance(frame, InlineCall):
+        return frame._cancel_requested
+    return frame._cancel_requested or frame._timed_out or frame._status is CANCELLED
+
+
+def check_cancelled() -> None:
+    """In a blocking call, raise its cancellation if it was asked to stop; else return.
+
+    The cooperative check for blocking code, like
+    ``anyio.from_thread.check_cancelled()``: a blocking body that calls it
+    between steps ends soon after its call was cancelled or timed out, instead
+    of running on unseen after the activity has moved on. The call has ended
+    already, so what it raises is not reported again. In a coroutine body, and
+    outside any call, it returns at once: a coroutine is cancelled at its next
+    ``await`` anyway (:func:`cancel_requested` tells it earlier, if it must know).
+
+    :raises CallCancelledError: if the call was cancelled
+    :raises CallTimeoutError: if the call ran longer than its timeout
+
+    .. versionadded:: 0.1
+    """
+    call = cast("Call[Any] | InlineCall | Activity | None", _frame.get())
+    if not isinstance(call, Call) or call._kind is not BLOCKING:
+        return
+    if call._timed_out and not call._cancel_requested:
+        raise timeout_error(call)
+    if call._cancel_requested or call._status is CANCELLED:
+        raise call._activity._cancelled_error(call)
+
+
 Activity.__module__ = "activity"
 create_activity.__module__ = "activity"
 service_domain.__module__ = "activity"
+cancel_requested.__module__ = "activity"
+check_cancelled.__module__ = "activity"

@@ -31,10 +31,14 @@ from activity import (
     AsyncWorkRejectedError,
     CallCancelledError,
     CallStatus,
+    CallTimeoutError,
     FailurePolicy,
     InvalidArgumentError,
     Overflow,
     WrongThreadError,
+    cancel_requested,
+    check_cancelled,
+    current_activity,
 )
 from activity.pytest_plugin import assert_balanced
 
@@ -560,3 +564,100 @@ class TestNowait:
         async with Activity() as act:
             with pytest.raises(WrongThreadError):
                 await anyio.to_thread.run_sync(act.asynchronous_call_nowait, echo, 1)
+
+
+class TestCooperativeCancellation:
+    """A blocking body can see that its call was asked to stop, and stop."""
+
+    async def test_check_cancelled_ends_a_cancelled_blocking_body(self) -> None:
+        started = threading.Event()
+        seen: list[BaseException] = []
+        left = threading.Event()
+
+        def patient() -> None:
+            started.set()
+            try:
+                while True:
+                    check_cancelled()
+                    time.sleep(0.001)
+            except BaseException as exc:
+                seen.append(exc)
+                raise
+            finally:
+                left.set()
+
+        async with Activity() as act:
+            call = await act.asynchronous_call(patient)
+            await until(started.is_set)
+            assert not call.done()
+            call.cancel("enough")
+            with anyio.fail_after(LIMIT):
+                await call.wait()
+            await until(left.is_set)
+        assert call.status is CallStatus.CANCELLED
+        (exc,) = seen
+        assert isinstance(exc, CallCancelledError)
+        assert "enough" in str(exc)
+        stats = act.statistics()
+        assert (stats.cancelled, stats.failed) == (1, 0)
+
+    async def test_check_cancelled_after_a_timeout(self) -> None:
+        seen: list[BaseException] = []
+        left = threading.Event()
+
+        def patient() -> None:
+            try:
+                while True:
+                    check_cancelled()
+                    time.sleep(0.001)
+            except BaseException as exc:
+                seen.append(exc)
+                raise
+            finally:
+                left.set()
+
+        async with Activity() as act:
+            call = await act.asynchronous_call(patient, timeout=0.01)
+            with anyio.fail_after(LIMIT):
+                await call.wait()
+            await until(left.is_set)
+            assert isinstance(call.exception(), CallTimeoutError)
+        (exc,) = seen
+        assert isinstance(exc, CallTimeoutError)
+
+    async def test_cancel_requested(self) -> None:
+        answers: list[bool] = []
+        gate = threading.Event()
+
+        def look() -> None:
+            answers.append(cancel_requested())
+            gate.wait(LIMIT)
+            answers.append(cancel_requested())
+
+        assert not cancel_requested()
+        async with Activity() as act:
+            assert not cancel_requested()  # the block is no call
+            check_cancelled()
+            call = await act.asynchronous_call(look)
+            await until(lambda: len(answers) == 1)
+            call.cancel()
+            gate.set()
+            await until(lambda: len(answers) == 2)
+        assert answers == [False, True]
+
+    async def test_in_a_coroutine_body(self) -> None:
+        seen: list[bool] = []
+
+        async def body() -> None:
+            seen.append(cancel_requested())
+            act = current_activity()
+            assert act is not None
+            act.cancel("stop")
+            seen.append(cancel_requested())
+            check_cancelled()  # a coroutine is cancelled at its next await instead
+            await anyio.lowlevel.checkpoint()
+
+        async with Activity() as act:
+            with pytest.raises(CallCancelledError, match="stop"):
+                await act.synchronous_call(body)
+        assert seen == [False, True]

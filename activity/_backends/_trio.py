@@ -272,6 +272,7 @@ class TrioDispatcher:
                 if call._cancel_requested:
                     outcome = CANCELLED, None, None
                 else:
+                    call._timed_out = True  # what an abandoned thread's check_cancelled() sees
                     outcome = FAILED, None, timeout_error(call)
             elif type(result) in CHECKED_RESULTS:
                 outcome = outcome_of_result(call, result)
