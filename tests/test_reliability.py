@@ -566,63 +566,56 @@ class TestNowait:
                 await anyio.to_thread.run_sync(act.asynchronous_call_nowait, echo, 1)
 
 
+class Patient:
+    """A blocking body that runs until check_cancelled() stops it."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.left = threading.Event()
+        self.seen: list[BaseException] = []
+
+    def __call__(self) -> None:
+        self.started.set()
+        try:
+            while True:
+                check_cancelled()
+                time.sleep(0.001)
+        except BaseException as exc:
+            self.seen.append(exc)
+            raise
+        finally:
+            self.left.set()
+
+
 class TestCooperativeCancellation:
     """A blocking body can see that its call was asked to stop, and stop."""
 
     async def test_check_cancelled_ends_a_cancelled_blocking_body(self) -> None:
-        started = threading.Event()
-        seen: list[BaseException] = []
-        left = threading.Event()
-
-        def patient() -> None:
-            started.set()
-            try:
-                while True:
-                    check_cancelled()
-                    time.sleep(0.001)
-            except BaseException as exc:
-                seen.append(exc)
-                raise
-            finally:
-                left.set()
-
+        patient = Patient()
         async with Activity() as act:
             call = await act.asynchronous_call(patient)
-            await until(started.is_set)
+            await until(patient.started.is_set)
             assert not call.done()
             call.cancel("enough")
             with anyio.fail_after(LIMIT):
                 await call.wait()
-            await until(left.is_set)
+            await until(patient.left.is_set)
         assert call.status is CallStatus.CANCELLED
-        (exc,) = seen
+        (exc,) = patient.seen
         assert isinstance(exc, CallCancelledError)
         assert "enough" in str(exc)
         stats = act.statistics()
         assert (stats.cancelled, stats.failed) == (1, 0)
 
     async def test_check_cancelled_after_a_timeout(self) -> None:
-        seen: list[BaseException] = []
-        left = threading.Event()
-
-        def patient() -> None:
-            try:
-                while True:
-                    check_cancelled()
-                    time.sleep(0.001)
-            except BaseException as exc:
-                seen.append(exc)
-                raise
-            finally:
-                left.set()
-
+        patient = Patient()
         async with Activity() as act:
             call = await act.asynchronous_call(patient, timeout=0.01)
             with anyio.fail_after(LIMIT):
                 await call.wait()
-            await until(left.is_set)
+            await until(patient.left.is_set)
             assert isinstance(call.exception(), CallTimeoutError)
-        (exc,) = seen
+        (exc,) = patient.seen
         assert isinstance(exc, CallTimeoutError)
 
     async def test_cancel_requested(self) -> None:
