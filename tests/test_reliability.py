@@ -423,6 +423,16 @@ class TestNeverStartedCoroutines:
         assert inspect.getcoroutinestate(first) == inspect.CORO_CLOSED
         assert inspect.getcoroutinestate(second) == inspect.CORO_CLOSED
 
+    async def test_cancelled_after_launch_before_its_first_step(self) -> None:
+        coro = echo(1)
+        async with Activity() as act:
+            call = await act.asynchronous_call(coro)
+            assert call.status is CallStatus.RUNNING
+            assert call.cancel("now")
+            await act.wait_idle()
+        assert call.status is CallStatus.CANCELLED
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
 
 class TestLimits:
     async def test_cancel_of_a_deep_tree(self) -> None:

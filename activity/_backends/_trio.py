@@ -217,6 +217,8 @@ class TrioDispatcher:
         domain = activity._domain
         if call._cancel_requested and not inline:
             # Cancelled between start() and the task's first step.
+            if call._kind is COROUTINE:
+                call._fn.close()  # it never ran: Python must not warn that it was never awaited
             if domain is not None and not isinstance(ticket, _NoTicket):
                 domain.abandon(call._causality, ticket)
             activity._finish(call, CANCELLED, None, None)
