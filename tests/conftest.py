@@ -32,7 +32,7 @@ settings.register_profile(
 settings.register_profile(
     "long",
     deadline=None,
-    max_examples=5000,
+    max_examples=2000,
     stateful_step_count=60,
     suppress_health_check=_SLOW_IS_FINE,
 )
