@@ -384,13 +384,22 @@ class TestCancelledOnce:
         assert "stop" in str(heard[0])
         assert act.statistics().cancelled == 1
 
-    async def test_synchronous_call_cancelled_and_timed_out(self) -> None:
+    async def test_synchronous_call_cancelled_then_timed_out(self) -> None:
         started = anyio.Event()
+        timeout = 0.05
 
-        async def forever() -> None:
+        async def slow_to_stop() -> None:
             started.set()
-            await anyio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                # Still cleaning up when the timeout comes due (its deadline was set
+                # when the call started, before the cancellation): the timer must not
+                # cancel the caller's task a second time.
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(timeout * 4)
 
+        heard: list[BaseException] = []
         async with Activity() as act, anyio.create_task_group() as tg:
 
             async def cancel_when_started() -> None:
@@ -398,8 +407,12 @@ class TestCancelledOnce:
                 act.cancel("stop")
 
             tg.start_soon(cancel_when_started)
-            with pytest.raises(CallCancelledError):
-                await act.synchronous_call(forever, timeout=LIMIT)
+            try:
+                await act.synchronous_call(slow_to_stop, timeout=timeout)
+            except CallCancelledError as exc:
+                heard.append(exc)
+            await anyio.lowlevel.checkpoint()  # a leaked cancellation would land here
+        assert len(heard) == 1
         assert act.statistics().cancelled == 1
 
 
