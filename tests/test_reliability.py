@@ -440,7 +440,7 @@ class TestNeverStartedCoroutines:
         coro = echo(1)
         async with Activity() as act:
             call = await act.asynchronous_call(coro)
-            assert call.status is CallStatus.RUNNING
+            assert not call.done()
             assert call.cancel("now")
             await act.wait_idle()
         assert call.status is CallStatus.CANCELLED
