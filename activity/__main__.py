@@ -23,6 +23,7 @@ import json
 import math
 import random
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -449,9 +450,10 @@ def _run_demo(options: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
+            MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
+            TimeRemainingColumn,
         )
         from rich.table import Table
     except ImportError:
@@ -462,25 +464,32 @@ def _run_demo(options: argparse.Namespace) -> int:
         return 2
 
     if options.progress:
-        # The bar fills as items are settled (finished or rejected); the figures say
-        # how many of the accepted calls have finished.
+        # The bar fills as items are settled (finished or rejected), out of all the
+        # items of the batch; the rate and the time left follow from the same count.
         progress = Progress(
             TextColumn("[bold]demo[/]"),
-            BarColumn(),
-            TextColumn("{task.fields[finished]}/{task.fields[accepted]} finished/accepted"),
-            TextColumn("{task.fields[rejected]} rejected"),
-            TimeElapsedColumn(),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[finished]} finished, {task.fields[rejected]} rejected"),
+            TextColumn("{task.fields[rate]:.0f}/s eta"),
+            TimeRemainingColumn(),
             console=Console(stderr=True),
         )
-        task = progress.add_task("demo", total=options.size, finished=0, accepted=0, rejected=0)
+        task = progress.add_task(
+            "demo", total=options.size, finished=0, accepted=0, rejected=0, rate=0.0
+        )
+        started = time.monotonic()
 
         def on_tick(stats: ActivityStatistics) -> None:
+            settled = stats.finished + stats.rejected
+            elapsed = time.monotonic() - started
             progress.update(
                 task,
-                completed=stats.finished + stats.rejected,
+                completed=settled,
                 finished=stats.finished,
                 accepted=stats.accepted,
                 rejected=stats.rejected,
+                rate=settled / elapsed if elapsed > 0 else 0.0,
             )
 
         with progress:

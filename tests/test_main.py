@@ -84,7 +84,9 @@ class TestDemo:
     def test_progress_goes_to_stderr(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main([*SMALL[:-1], "--json"]) == 0
         captured = capsys.readouterr()
-        assert "finished/accepted" in captured.err
+        assert "300/300" in captured.err  # every item settled, of all the items
+        assert "finished" in captured.err
+        assert "/s eta" in captured.err
         json.loads(captured.out)  # the bar does not spoil the JSON
 
     def test_exit_code_1_when_counters_do_not_add_up(
