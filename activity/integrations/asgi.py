@@ -113,6 +113,7 @@ __all__ = [
     "current_request_activity",
     "current_request_id",
     "http_status_of",
+    "plain_detail",
     "problem_details",
     "request_activity_of_scope",
     "run_in_background",
@@ -479,8 +480,9 @@ class ProblemDetails(BaseModel):
     The standard members, plus the HRESULT (``hresult``, as ``0x8004E025``, and its
     name, ``hresult_name``) and the request id. A client error (4xx) carries the
     exception's message as ``detail``, since it says what the client sent wrong;
-    a server error carries only the code's standard message, so that internals
-    (activity names, queue sizes) do not leak.
+    a server error carries only a plain explanation of its code
+    (:func:`plain_detail`), so that internals (activity names, queue sizes) do
+    not leak.
 
     .. versionadded:: 0.1
     """
@@ -589,6 +591,28 @@ def problem_details(
     return _problem(_normalize_status_map(status_map), exc, instance, request_id)
 
 
+#: What a server error says to a client, in plain words; other codes say their message.
+PLAIN_DETAILS: Final[Mapping[HResult, str]] = {
+    HResult.CO_E_ASYNC_WORK_REJECTED: (
+        "The server has too much work queued to accept this request's work now; try again later."
+    ),
+    HResult.RPC_E_DISCONNECTED: (
+        "The server is shutting down and accepts no new work; try again later."
+    ),
+    HResult.E_TIMEOUT: "The work for this request did not finish in time.",
+    HResult.E_ABORT: "The work for this request was cancelled before it finished.",
+    HResult.E_FAIL: "The server failed to do the work for this request.",
+}
+
+
+def plain_detail(code: HResult) -> str:
+    """What a server error with ``code`` tells a client: plain words, no internals.
+
+    .. versionadded:: 0.1
+    """
+    return PLAIN_DETAILS.get(code, code.message)
+
+
 def _problem(
     status_map: Mapping[HResult, int],
     exc: ActivityError,
@@ -604,7 +628,7 @@ def _problem(
     return ProblemDetails(
         title=title,
         status=status,
-        detail=str(exc) if status < 500 else code.message,
+        detail=str(exc) if status < 500 else plain_detail(code),
         instance=instance,
         hresult=f"0x{int(code):08X}",
         hresult_name=code.name or f"HRESULT_0x{int(code):08X}",

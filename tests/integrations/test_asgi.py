@@ -481,7 +481,7 @@ class TestAtTheASGILevel:
         assert exchange.status == 500
         problem = json.loads(exchange.body)
         assert problem["hresult_name"] == "E_FAIL"
-        assert problem["detail"] == HResult.E_FAIL.message
+        assert problem["detail"] == "The server failed to do the work for this request."
 
     @pytest.mark.asyncio
     async def test_after_the_response_started_nothing_is_masked(self) -> None:
