@@ -1148,9 +1148,14 @@ class Activity:
             return
         if inspect.isawaitable(outcome):
             self._handlers_in_flight += 1
-            self._dispatcher.spawn(self._await_handler(outcome, handler))  # type: ignore[union-attr]
+            failure = next((a for a in reversed(args) if isinstance(a, BaseException)), None)
+            if failure is None and args and isinstance(args[0], Call):
+                failure = args[0]._exception
+            self._dispatcher.spawn(self._await_handler(outcome, handler, failure))  # type: ignore[union-attr]
 
-    async def _await_handler(self, awaitable: Awaitable[Any], handler: object) -> None:
+    async def _await_handler(
+        self, awaitable: Awaitable[Any], handler: object, failure: BaseException | None
+    ) -> None:
         # In a scope of its own, so that the exit can stop a handler that never returns.
         scope = anyio.CancelScope()
         self._handler_scopes.add(scope)
@@ -1161,22 +1166,25 @@ class Activity:
             if not self._dispatcher.is_cancellation(error):  # type: ignore[union-attr]
                 self._handler_failed(error)
                 return
-            self._handler_errors.append(self._handler_cut_short(handler))
+            self._handler_errors.append(self._handler_cut_short(handler, failure))
             raise
         else:
             if scope.cancelled_caught:
-                self._handler_errors.append(self._handler_cut_short(handler))
+                self._handler_errors.append(self._handler_cut_short(handler, failure))
         finally:
             self._handler_scopes.discard(scope)
             self._handlers_in_flight -= 1
             self._signal_if_idle()
 
-    def _handler_cut_short(self, handler: object) -> ActivityError:
-        return ActivityError(
+    def _handler_cut_short(self, handler: object, failure: BaseException | None) -> ActivityError:
+        """The report of a handler stopped at exit; the failure it had is its cause."""
+        error = ActivityError(
             f"{handler!r} of activity {self._name!r} was cancelled before it finished "
             f"(shutdown_timeout is {self._config.shutdown_timeout} s); the failure it was "
-            "handling may not have been dealt with"
+            "handling, its cause, may not have been dealt with"
         )
+        error.__cause__ = failure
+        return error
 
     def _handler_failed(self, error: BaseException) -> None:
         # COM+ fails fast when OnError fails: the error is never swallowed, and the

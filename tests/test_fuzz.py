@@ -63,6 +63,7 @@ from hypothesis.stateful import (
 from activity import (
     Activity,
     ActivityClosedError,
+    ActivityError,
     ActivityLocal,
     AsyncWorkRejectedError,
     Call,
@@ -1399,6 +1400,8 @@ class ActivityMachine(RuleBasedStateMachine):
                     problems.append(problem)
             failed_async = work.asynchronous and work.status is CallStatus.FAILED
             want = [work.exception] if failed_async and work.on_error else []
+            if want and id(want[0]) in cut_short(work.node, "on_error"):
+                want = []  # its async on_error was stopped at shutdown_timeout, and said so
             if [id(e) for e in work.on_error_seen] != [id(e) for e in want]:
                 problems.append(f"{work!r}: on_error saw {work.on_error_seen!r}")
         for node in harness.nodes:
@@ -1432,8 +1435,12 @@ class ActivityMachine(RuleBasedStateMachine):
             problems.append(f"{node.label}: counters {actual}, callers saw {expected}")
         handler = node.config.get("handler")
         failed_async = [w for w in works if w.asynchronous and w.status is CallStatus.FAILED]
+        stopped = {**cut_short(node, "async_handler"), **cut_short(node, "on_error")}
         if handler is not None:
-            seen = sorted(id(exc) for _, exc in node.handler_seen)
+            # A failure reaches the handler, or, if the handler was stopped at
+            # shutdown_timeout before it saw it, the exit.
+            handler_stopped = cut_short(node, "async_handler")
+            seen = sorted([id(exc) for _, exc in node.handler_seen] + list(handler_stopped))
             if seen != sorted(id(w.exception) for w in failed_async):
                 problems.append(f"{node.label}: error_handler saw {node.handler_seen!r}")
         unobserved = [
@@ -1441,17 +1448,43 @@ class ActivityMachine(RuleBasedStateMachine):
             for w in failed_async
             if not w.observed and not w.on_error and handler is None
         ]
-        raised = node.exit_error
-        got: list[BaseException] = []
-        if isinstance(raised, BaseExceptionGroup):
-            group: BaseExceptionGroup[BaseException] = raised  # pyright: ignore[reportUnknownVariableType]
-            got.extend(group.exceptions)
-        elif raised is not None:
-            got.append(raised)
+        failures = {id(w.exception) for w in failed_async}
+        got = [
+            error
+            for error in exit_errors(node)
+            # the report of a stopped handler, whose failure is this node's own
+            if not (id(error.__cause__) in failures and stopped.get(id(error.__cause__)) is error)
+        ]
         want = ([node.bailed] if node.bailed is not None else []) + unobserved
         if sorted(map(id, got)) != sorted(map(id, want)):
             problems.append(f"{node.label}: the exit raised {got!r}, expected {want!r}")
         return problems
+
+
+def exit_errors(node: Node) -> list[BaseException]:
+    """What leaving ``node``'s activity raised, one by one."""
+    raised = node.exit_error
+    if isinstance(raised, BaseExceptionGroup):
+        group: BaseExceptionGroup[BaseException] = raised  # pyright: ignore[reportUnknownVariableType]
+        return list(group.exceptions)
+    return [] if raised is None else [raised]
+
+
+def cut_short(node: Node, handler_name: str) -> dict[int, BaseException]:
+    """Reports of ``node``'s async handlers stopped at shutdown_timeout, by their failure.
+
+    A handler still running when shutdown_timeout expires is cancelled, and the
+    exit raises an ActivityError whose cause is the failure it was handling: that
+    failure has then reached the exit instead of the handler.
+    """
+    return {
+        id(error.__cause__): error
+        for error in exit_errors(node)
+        if isinstance(error, ActivityError)
+        and "was cancelled before it finished" in str(error)
+        and handler_name in str(error)
+        and error.__cause__ is not None
+    }
 
 
 def machine_for(backend: str) -> type[ActivityMachine]:

@@ -134,6 +134,7 @@ class TestExitAlwaysEnds:
         (error,) = exceptions_of(info.value)
         assert isinstance(error, ActivityError)
         assert "cancelled before it finished" in str(error)
+        assert error.__cause__ is seen[0]  # the failure it was handling still reaches the exit
         assert_balanced(act.statistics())
 
     async def test_hung_handler_after_the_block_raised(self) -> None:
