@@ -761,7 +761,9 @@ def predict(node: Node) -> str:
     if node.may_have_failed_fast():
         return "unknown" if room == "full" else "open_or_closed"
     if room == "full" and any(
-        w.behaviour == "reentrant" and w.accepted and not w.ended for w in node.works
+        # (a synchronous call from a thread is known accepted only once it returns)
+        w.behaviour == "reentrant" and w.accepted is not False and not w.ended
+        for w in node.works
     ):
         # A reentrant body's call back runs within its caller's place: the
         # activity counts it as running, but it holds no place of its own, so a
