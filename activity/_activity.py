@@ -1326,9 +1326,7 @@ class Activity:
             or get_ident() != self._thread_id
             or _get_running_loop() is not self._loop
         ):
-            self._check_thread()
-            if self._state is _OPEN:
-                return
+            self._check_thread()  # an open activity gets here only from a wrong thread or loop
             if self._state is _State.DRAINING and self._is_own_work(_frame.get()):
                 return  # a running call's nested call is part of what is being drained
             raise self._closed_error()
