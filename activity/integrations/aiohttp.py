@@ -40,7 +40,7 @@ from .._activity import Activity
 from .._call import Call
 from .._config import ActivityConfig
 from .._errors import ActivityError
-from . import asgi
+from ._web import WebRuntime, hand_off
 from .asgi import (
     DEFAULT_STATUS_MAP,
     AppStatistics,
@@ -74,7 +74,7 @@ Ts = TypeVarTuple("Ts")
 
 _logger = logging.getLogger("activity.integrations")
 
-_WEB_KEY: Final = web.AppKey("activity.web", asgi._Web)
+_WEB_KEY: Final = web.AppKey("activity.web", WebRuntime)
 # web.RequestKey arrived in aiohttp 3.14; earlier versions take (and do not warn
 # about) a string key.
 _REQUEST_KEY: Final[Any] = (
@@ -114,7 +114,7 @@ def setup(
     """
     if _WEB_KEY in app:
         raise RuntimeError("activity.integrations.aiohttp.setup() was already called for this app")
-    plugin = asgi._Web(
+    plugin = WebRuntime(
         app_options=app_options,
         request_options=request_options,
         request_id_header=request_id_header,
@@ -244,7 +244,7 @@ async def spawn(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
         if inspect.iscoroutine(fn):
             fn.close()  # refused work: no "never awaited" warning
         raise
-    return await asgi._hand_off(app, fn, args, name, timeout)
+    return await hand_off(app, fn, args, name, timeout)
 
 
 def _request_info(request: web.Request, request_id: str) -> RequestInfo:

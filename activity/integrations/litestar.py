@@ -31,7 +31,7 @@ own handling.
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 try:
     from litestar import Litestar, Request, Response, get
@@ -47,7 +47,7 @@ except ImportError:
 from .._activity import Activity
 from .._config import ActivityConfig
 from .._errors import ActivityError
-from . import asgi
+from ._web import WebRuntime, handle_connection, make_current, restore
 from .asgi import (
     DEFAULT_STATUS_MAP,
     AppStatistics,
@@ -61,6 +61,9 @@ from .asgi import (
     request_activity_of_scope,
     run_in_background,
 )
+
+if TYPE_CHECKING:
+    from . import _web
 
 __all__ = [
     "DEFAULT_STATUS_MAP",
@@ -124,7 +127,7 @@ class ActivityPlugin(InitPluginProtocol):
         retry_after: int = 1,
         statistics_path: str | None = None,
     ) -> None:
-        self._web = asgi._Web(
+        self._web = WebRuntime(
             app_options=app_options,
             request_options=request_options,
             request_id_header=request_id_header,
@@ -176,24 +179,24 @@ class ActivityPlugin(InitPluginProtocol):
     async def _lifespan(self, app: Litestar) -> AsyncGenerator[None]:
         # The startup hooks run after the lifespan contexts are entered: in the
         # app activity, so that work they start is the app's.
-        token = asgi._make_current(await self._web.host.open())
+        token = make_current(await self._web.host.open())
         try:
             yield
         finally:
-            asgi._restore(token)
+            restore(token)
             await self._web.host.close()
 
     def _middleware(self, app: ASGIApp) -> ASGIApp:
         web = self._web
-        inner = cast("asgi.ASGIApp", app)
+        inner = cast("_web.ASGIApp", app)
 
         async def activity_middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            await asgi._handle_connection(
+            await handle_connection(
                 web,
                 inner,
-                cast("asgi.Scope", scope),
-                cast("asgi.Receive", receive),
-                cast("asgi.Send", send),
+                cast("_web.Scope", scope),
+                cast("_web.Receive", receive),
+                cast("_web.Send", send),
             )
 
         return activity_middleware
