@@ -6,12 +6,10 @@ loop. See the README for a tour and ``docs/design.md`` for the mapping.
 
 from ._activity import Activity as Activity
 from ._activity import AsyncServiceCall as AsyncServiceCall
+from ._activity import Call as Call
 from ._activity import ServiceCall as ServiceCall
-from ._activity import cancel_requested as cancel_requested
-from ._activity import check_cancelled as check_cancelled
 from ._activity import create_activity as create_activity
-from ._activity import service_domain as service_domain
-from ._call import Call as Call
+from ._activity import current_activity as current_activity
 from ._call import CallStatus as CallStatus
 from ._config import ActivityConfig as ActivityConfig
 from ._config import Binding as Binding
@@ -22,7 +20,6 @@ from ._config import Synchronization as Synchronization
 from ._config import ThreadPool as ThreadPool
 from ._context import ActivityLocal as ActivityLocal
 from ._context import SynchronizationDomain as SynchronizationDomain
-from ._context import current_activity as current_activity
 from ._errors import AccessDeniedError as AccessDeniedError
 from ._errors import ActivityClosedError as ActivityClosedError
 from ._errors import ActivityError as ActivityError
@@ -43,6 +40,9 @@ from ._hresult import HResult as HResult
 from ._hresult import failed as failed
 from ._hresult import hresult_from_win32 as hresult_from_win32
 from ._hresult import succeeded as succeeded
+from ._outcome import cancel_requested as cancel_requested
+from ._outcome import check_cancelled as check_cancelled
+from ._services import service_domain as service_domain
 from .tracking import ActivityStatistics as ActivityStatistics
 from .tracking import PartitionStatistics as PartitionStatistics
 

@@ -23,29 +23,13 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._call import COMPLETED, FAILED, PENDING, RUNNING, Call, CallStatus
+from ._call import COMPLETED, FAILED, PENDING, RUNNING, BaseCall, CallStatus
 from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from ._activity import Activity
-    from ._backends import Event
+    from ._call import Event
 
-__all__ = ["Admission", "Counters", "Waiter", "join_partition"]
-
-
-class Counters:
-    """One activity's call counters."""
-
-    __slots__ = ("accepted", "cancelled", "completed", "failed", "pending", "rejected", "running")
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.rejected = 0
-        self.pending = 0
-        self.running = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
+__all__ = ["Admission", "Waiter", "join_partition"]
 
 
 class Waiter:
@@ -53,7 +37,7 @@ class Waiter:
 
     __slots__ = ("call", "event", "refused")
 
-    def __init__(self, call: Call[Any], event: Event) -> None:
+    def __init__(self, call: BaseCall[Any], event: Event) -> None:
         self.call = call
         self.event = event
         #: Set (to an exception) when admission closes while the waiter waits.
@@ -83,7 +67,7 @@ class Admission:
         self.slots = 0
         #: Live (not cancelled) calls in the queue.
         self.pending = 0
-        self.queue: deque[Call[Any]] = deque()
+        self.queue: deque[BaseCall[Any]] = deque()
         self.waiters: deque[Waiter] = deque()
 
     def can_run_now(self) -> bool:
@@ -94,39 +78,39 @@ class Admission:
         """Whether a new call may wait in the queue without overtaking a waiter."""
         return self.pending < self.max_pending and not self.waiters
 
-    def accept_running(self, call: Call[Any], *, hold_slot: bool = True) -> None:
+    def accept_running(self, call: BaseCall[Any], *, hold_slot: bool = True) -> None:
         """Count ``call`` as accepted and running."""
-        counters = call._activity._counters
+        counters = call.host.counters
         counters.accepted += 1
         counters.running += 1
-        call._status = RUNNING
+        call.state = RUNNING
         if hold_slot:
             self.slots += 1
-            call._holds_slot = True
+            call.holds_slot = True
 
-    def accept_pending(self, call: Call[Any]) -> None:
+    def accept_pending(self, call: BaseCall[Any]) -> None:
         """Count ``call`` as accepted and put it at the end of the queue."""
-        counters = call._activity._counters
+        counters = call.host.counters
         counters.accepted += 1
         counters.pending += 1
         self.pending += 1
         self.queue.append(call)
 
-    def pop_ready(self) -> Call[Any] | None:
+    def pop_ready(self) -> BaseCall[Any] | None:
         """Take the oldest pending call if a slot is free, counting it as running."""
         if self.slots >= self.max_concurrency:
             return None
         queue = self.queue
         while queue:
             call = queue.popleft()
-            if call._status is PENDING:
-                counters = call._activity._counters
+            if call.state is PENDING:
+                counters = call.host.counters
                 counters.pending -= 1
                 counters.running += 1
                 self.pending -= 1
                 self.slots += 1
-                call._holds_slot = True
-                call._status = RUNNING
+                call.holds_slot = True
+                call.state = RUNNING
                 return call
         return None
 
@@ -140,14 +124,14 @@ class Admission:
             return self.waiters.popleft()
         return None
 
-    def finish(self, call: Call[Any], status: CallStatus) -> bool:
+    def finish(self, call: BaseCall[Any], status: CallStatus) -> bool:
         """Count ``call`` as ended with ``status``; return whether it freed a place."""
-        counters = call._activity._counters
+        counters = call.host.counters
         freed = False
-        if call._status is RUNNING:
+        if call.state is RUNNING:
             counters.running -= 1
-            if call._holds_slot:
-                call._holds_slot = False
+            if call.holds_slot:
+                call.holds_slot = False
                 self.slots -= 1
                 freed = True
         else:
@@ -160,26 +144,26 @@ class Admission:
             counters.failed += 1
         else:
             counters.cancelled += 1
-        call._status = status
+        call.state = status
         return freed
 
-    def take_pending_of(self, activity: Activity) -> list[Call[Any]]:
+    def take_pending_of(self, activity: object) -> list[BaseCall[Any]]:
         """Take ``activity``'s live pending calls out of the queue (for cancellation).
 
         O(queue length), which only cancellation pays.
         """
-        mine = [call for call in self.queue if call._activity is activity]
+        mine = [call for call in self.queue if call.host is activity]
         if len(mine) == len(self.queue):
             self.queue.clear()
         else:
-            self.queue = deque(call for call in self.queue if call._activity is not activity)
-        return [call for call in mine if call._status is PENDING]
+            self.queue = deque(call for call in self.queue if call.host is not activity)
+        return [call for call in mine if call.state is PENDING]
 
-    def take_waiters_of(self, activity: Activity) -> list[Waiter]:
+    def take_waiters_of(self, activity: object) -> list[Waiter]:
         """Take ``activity``'s parked submitters (for refusal)."""
-        mine = [w for w in self.waiters if w.call._activity is activity]
+        mine = [w for w in self.waiters if w.call.host is activity]
         if mine:
-            self.waiters = deque(w for w in self.waiters if w.call._activity is not activity)
+            self.waiters = deque(w for w in self.waiters if w.call.host is not activity)
         return mine
 
 

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, Self, TypeVar, final
 
 from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator
+    from collections.abc import Callable, Coroutine, Generator
     from contextvars import Context
 
-    from ._activity import Activity
-    from ._backends import Event
-    from ._backends._asyncio import AsyncioDispatcher
-
-__all__ = ["Call", "CallStatus"]
+__all__ = ["BaseCall", "CallHost", "CallStatus", "Counters", "Event", "InlineCall"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -64,6 +60,56 @@ BLOCKING: Final = Kind.BLOCKING
 _ids = itertools.count(1)
 
 
+class Counters:
+    """One activity's call counters."""
+
+    __slots__ = ("accepted", "cancelled", "completed", "failed", "pending", "rejected", "running")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.pending = 0
+        self.running = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+
+
+class Event(Protocol):
+    """What both ``asyncio.Event`` and ``anyio.Event`` offer."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> Any: ...
+
+
+class CallHost(Protocol):
+    """What a call needs of the activity that accepted it.
+
+    The activity's core meets it; this module never sees the activity itself.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def activity(self) -> Any:
+        """The public :class:`~activity.Activity` the call belongs to."""
+        ...
+
+    @property
+    def dispatcher(self) -> Any:
+        """The backend: on asyncio it takes a call's task or thread when it ends."""
+        ...
+
+    def wait_call(self, call: BaseCall[Any]) -> Coroutine[Any, Any, None]: ...
+    def cancel_call(self, call: BaseCall[Any], reason: str | None) -> bool: ...
+    def invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None: ...
+    def failure_observed(self, call: BaseCall[Any]) -> None: ...
+    def launch(self, call: BaseCall[Any]) -> None: ...
+
+
 class CallExtras:
     """What few calls have, kept apart so that the others do not pay for it.
 
@@ -80,13 +126,14 @@ class CallExtras:
         self.timeout = timeout
         self.timer: Any = None
         self.event: Event | None = None
-        self.callbacks: list[Callable[[Call[Any]], object]] | None = None
+        self.callbacks: list[Callable[[Any], object]] | None = None
         self.cancel_reason: str | None = None
 
 
-@final
-class Call(Generic[T_co]):
-    """The handle of one call accepted by :meth:`Activity.asynchronous_call`.
+class BaseCall(Generic[T_co]):
+    """What every call is; :class:`activity.Call` adds the public ``activity``.
+
+    The handle of one call accepted by :meth:`Activity.asynchronous_call`.
 
     Returning a ``Call`` means the activity *accepted* the work (COM+'s S_OK),
     not that it finished. The call then ends ``COMPLETED``, ``FAILED`` or
@@ -103,101 +150,104 @@ class Call(Generic[T_co]):
     """
 
     __slots__ = (
-        "_activity",
-        "_args",
-        "_cancel_requested",
-        "_causality",
-        "_context",
-        "_exception",
-        "_extras",
-        "_fn",
-        "_future",
-        "_holds_slot",
-        "_id",
-        "_kind",
-        "_observed",
-        "_origin",
-        "_result",
-        "_status",
-        "_synchronous",
-        "_timed_out",
+        "args",
+        "cancel_requested",
+        "causality",
+        "context",
+        "error",
+        "extras",
+        "fn",
+        "future",
+        "holds_slot",
+        "host",
+        "ident",
+        "kind",
+        "observed",
+        "origin",
+        "state",
+        "synchronous",
+        "timed_out",
+        "value",
     )
 
-    _activity: Activity
-    _args: tuple[Any, ...]
-    _cancel_requested: bool
-    _causality: object
-    _context: Context | None
-    _exception: BaseException | None
-    _extras: CallExtras | None
-    _fn: Any
-    _future: Any
-    _holds_slot: bool
-    _id: int
-    _kind: Kind
-    _observed: bool
-    _origin: Activity | None
-    _result: Any
-    _status: CallStatus
-    _synchronous: bool
-    _timed_out: bool
+    #: A call is a frame that a nested call of its own activity re-enters.
+    is_call: ClassVar[bool] = True
+
+    host: CallHost
+    args: tuple[Any, ...]
+    cancel_requested: bool
+    causality: object
+    context: Context | None
+    error: BaseException | None
+    extras: CallExtras | None
+    fn: Any
+    future: Any
+    holds_slot: bool
+    ident: int
+    kind: Kind
+    observed: bool
+    origin: Any
+    value: Any
+    state: CallStatus
+    synchronous: bool
+    timed_out: bool
 
     def __init__(self) -> None:
         raise TypeError("Call objects are created by Activity.asynchronous_call(), not directly")
 
     @classmethod
-    def _create(
+    def create(
         cls,
-        activity: Activity,
+        activity: CallHost,
         kind: Kind,
         fn: Any,
         args: tuple[Any, ...],
-        origin: Activity | None,
+        origin: Any,
         synchronous: bool,
         status: CallStatus = PENDING,
         holds_slot: bool = False,
         error_target: Any = None,
         name: str | None = None,
         timeout: float | None = None,
-    ) -> Call[Any]:
+    ) -> BaseCall[Any]:
         """Make a call; positional, the hot paths' arguments first, each store once."""
         self = object.__new__(cls)
-        self._activity = activity
-        self._origin = origin
-        self._causality = self
-        self._kind = kind
-        self._fn = fn
-        self._args = args
-        self._extras = (
+        self.host = activity
+        self.origin = origin
+        self.causality = self
+        self.kind = kind
+        self.fn = fn
+        self.args = args
+        self.extras = (
             None
             if error_target is None and name is None and timeout is None
             else CallExtras(error_target, name, timeout)
         )
-        self._context = None
-        self._synchronous = synchronous
-        self._id = next(_ids)
-        self._status = status
-        self._result = None
-        self._exception = None
-        self._observed = False
-        self._future = None
-        self._holds_slot = holds_slot
-        self._cancel_requested = False
-        self._timed_out = False
+        self.context = None
+        self.synchronous = synchronous
+        self.ident = next(_ids)
+        self.state = status
+        self.value = None
+        self.error = None
+        self.observed = False
+        self.future = None
+        self.holds_slot = holds_slot
+        self.cancel_requested = False
+        self.timed_out = False
         return self
 
-    def _note_cancel_reason(self, reason: str | None) -> None:
+    def note_cancel_reason(self, reason: str | None) -> None:
         """Keep the first reason given for cancelling the call."""
         if reason is not None:
-            extras = self._more()
+            extras = self.more()
             if extras.cancel_reason is None:
                 extras.cancel_reason = reason
 
-    def _more(self) -> CallExtras:
+    def more(self) -> CallExtras:
         """The call's extras, made on first need."""
-        extras = self._extras
+        extras = self.extras
         if extras is None:
-            extras = self._extras = CallExtras(None, None, None)
+            extras = self.extras = CallExtras(None, None, None)
         return extras
 
     # -- read-only state ------------------------------------------------------------
@@ -205,50 +255,45 @@ class Call(Generic[T_co]):
     @property
     def id(self) -> int:
         """A number unique to this call within the process."""
-        return self._id
+        return self.ident
 
     @property
     def name(self) -> str:
         """The name given at submission, or one made from the function's name."""
-        extras = self._extras
+        extras = self.extras
         if extras is not None and extras.name is not None:
             return extras.name
-        fn = self._fn
+        fn = self.fn
         if fn is None:
-            return f"call-{self._id}"
+            return f"call-{self.ident}"
         qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        return f"{qualname}#{self._id}"
-
-    @property
-    def activity(self) -> Activity:
-        """The activity that accepted the call."""
-        return self._activity
+        return f"{qualname}#{self.ident}"
 
     @property
     def status(self) -> CallStatus:
         """The call's :class:`CallStatus`."""
-        return self._status
+        return self.state
 
     @property
     def hresult(self) -> HResult:
         """``S_OK`` once completed, ``E_PENDING`` until finished, else the failure's code."""
-        status = self._status
+        status = self.state
         if status is COMPLETED:
             return HResult.S_OK
         if status is PENDING or status is RUNNING:
             return HResult.E_PENDING
         if status is CANCELLED:
             return HResult.E_ABORT
-        assert self._exception is not None
-        return hresult_of(self._exception)
+        assert self.error is not None
+        return hresult_of(self.error)
 
     def done(self) -> bool:
         """Return whether the call has finished (completed, failed or cancelled)."""
-        return self._status in FINISHED
+        return self.state in FINISHED
 
     def cancelled(self) -> bool:
         """Return whether the call ended ``CANCELLED``."""
-        return self._status is CANCELLED
+        return self.state is CANCELLED
 
     # -- outcome --------------------------------------------------------------------
 
@@ -259,14 +304,14 @@ class Call(Generic[T_co]):
         :raises CallCancelledError: if the call was cancelled
         :raises BaseException: the call's own exception if it failed
         """
-        status = self._status
+        status = self.state
         if status is COMPLETED:
-            return self._result  # type: ignore[no-any-return]
+            return self.value  # type: ignore[no-any-return]
         if status not in FINISHED:
             raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
-        exc = self._exception
+        exc = self.error
         assert exc is not None
-        self._mark_observed()
+        self.mark_observed()
         raise exc
 
     def exception(self) -> BaseException | None:
@@ -276,20 +321,20 @@ class Call(Generic[T_co]):
 
         :raises CallPendingError: if the call has not finished
         """
-        status = self._status
+        status = self.state
         if status not in FINISHED:
             raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
-        self._mark_observed()
-        return self._exception
+        self.mark_observed()
+        return self.error
 
     async def wait(self) -> None:
         """Wait until the call has finished. Never raises the call's exception."""
-        if self._status not in FINISHED:
-            await self._activity._wait_call(self)
+        if self.state not in FINISHED:
+            await self.host.wait_call(self)
 
     def __await__(self) -> Generator[Any, Any, T_co]:
-        if self._status not in FINISHED:
-            yield from self._activity._wait_call(self).__await__()
+        if self.state not in FINISHED:
+            yield from self.host.wait_call(self).__await__()
         return self.result()
 
     def cancel(self, reason: str | None = None) -> bool:
@@ -309,9 +354,9 @@ class Call(Generic[T_co]):
         :param reason: said in the :class:`CallCancelledError`
         :return: ``False`` if the call had already finished, else ``True``
         """
-        return self._activity._cancel_call(self, reason)
+        return self.host.cancel_call(self, reason)
 
-    def add_done_callback(self, callback: Callable[[Call[T_co]], object]) -> None:
+    def add_done_callback(self, callback: Callable[[Self], object]) -> None:
         """Call ``callback(call)`` on the activity's loop when the call finishes.
 
         If the call has already finished, the callback is called at once. A
@@ -325,34 +370,33 @@ class Call(Generic[T_co]):
             raise InvalidArgumentError(
                 f"callback must be callable, got {callback!r}", field="callback", value=callback
             )
-        if self._status in FINISHED:
-            self._activity._invoke_handler(callback, self)
+        if self.state in FINISHED:
+            self.host.invoke_handler(callback, self)
         else:
-            extras = self._more()
+            extras = self.more()
             if extras.callbacks is None:
                 extras.callbacks = [callback]
             else:
                 extras.callbacks.append(callback)
 
-    def _future_done(self, future: Any) -> None:
-        dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)
+    def future_done(self, future: Any) -> None:
+        dispatcher = self.host.dispatcher
         dispatcher.future_done(self, future)
 
-    def _thread_done(self, future: Any) -> None:
-        dispatcher = cast("AsyncioDispatcher", self._activity._dispatcher)
+    def thread_done(self, future: Any) -> None:
+        dispatcher = self.host.dispatcher
         dispatcher.thread_done(self, future)
 
-    def _mark_observed(self) -> None:
-        if not self._observed:
-            self._observed = True
-            if self._status is not COMPLETED:
-                self._activity._observed(self)
+    def mark_observed(self) -> None:
+        if not self.observed:
+            self.observed = True
+            if self.state is not COMPLETED:
+                self.host.failure_observed(self)
 
     def __repr__(self) -> str:
-        return f"<Call {self.name!r} {self._status.value} in {self._activity.name!r}>"
+        return f"<Call {self.name!r} {self.state.value} in {self.host.name!r}>"
 
 
-Call.__module__ = "activity"
 CallStatus.__module__ = "activity"
 
 
@@ -368,43 +412,45 @@ class InlineCall:
     cancel it: not a :class:`Call`, which costs about twice as much to make.
     A call that does more than complete (it fails, is cancelled, returns a
     failing ``HResult``, or has listeners to tell) is made a ``Call`` when it
-    ends, and ends as one (``Activity._promote``).
+    ends, and ends as one.
     """
+
+    is_call: ClassVar[bool] = True
 
     __slots__ = (
         "__weakref__",
-        "_activity",
-        "_cancel_reason",
-        "_cancel_requested",
-        "_causality",
-        "_origin",
-        "_task",
+        "cancel_reason",
+        "cancel_requested",
+        "causality",
+        "host",
+        "origin",
+        "task",
     )
 
     def __init__(
         self,
-        activity: Activity,
-        origin: Activity | None,
+        activity: CallHost,
+        origin: Any,
         causality: object | None,
         task: _Cancellable | None,
     ) -> None:
-        self._activity = activity
-        self._origin = origin
+        self.host = activity
+        self.origin = origin
         # The chain the caller belongs to, or one the call starts.
-        self._causality: object | None = self if causality is None else causality
+        self.causality: object | None = self if causality is None else causality
         #: What cancel() cancels: the caller's asyncio task, or on trio the body's
         #: cancel scope.
-        self._task = task
-        self._cancel_requested = False
-        self._cancel_reason: str | None = None
+        self.task = task
+        self.cancel_requested = False
+        self.cancel_reason: str | None = None
 
     def cancel(self, reason: str | None) -> None:
         """Cancel the body (its task, or its cancel scope), which ends the call as CANCELLED."""
-        if self._cancel_reason is None:
-            self._cancel_reason = reason
-        if self._cancel_requested:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self.cancel_requested:
             return  # the caller's task must not be cancelled twice for one call
-        self._cancel_requested = True
-        task = self._task
+        self.cancel_requested = True
+        task = self.task
         if task is not None:
             task.cancel()

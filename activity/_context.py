@@ -1,9 +1,9 @@
 """Which activity the running code belongs to, and the values it carries.
 
-One context variable, ``_frame``, holds the innermost *frame*: the activity
-whose ``async with`` body is running, or the :class:`Call` whose body is
-running. Both expose the activity as ``_activity``, so ``current_activity()``
-is a single lookup. Every call runs in its own copy of its submitter's
+One context variable, ``frame_var``, holds the innermost *frame*: the
+activity whose ``async with`` body is running (its core), or the call whose
+body is running. Every frame names its activity's core as ``host``, so
+``current_activity()`` is a single lookup. Every call runs in its own copy of its submitter's
 context with the frame set to the call, so the value flows into tasks and
 worker threads and never into another activity.
 """
@@ -12,42 +12,52 @@ from __future__ import annotations
 
 from collections import deque
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar, cast, final
 
 from ._errors import ActivityError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._activity import Activity
-    from ._backends import Event
+    from ._call import Event
 
-__all__ = ["ActivityLocal", "SynchronizationDomain", "current_activity"]
+__all__ = ["ActivityLocal", "Frame", "LocalsHost", "SynchronizationDomain", "frame_var"]
 
 T = TypeVar("T")
 
 
-class _Frame(Protocol):
+class LocalsHost(Protocol):
+    """What ``ActivityLocal`` reads of an activity: its values, and where it came from."""
+
     @property
-    def _activity(self) -> Activity: ...
+    def locals(self) -> dict[Any, Any]: ...
     @property
-    def _origin(self) -> Activity | None: ...
+    def origin(self) -> Any:
+        """The activity (a ``LocalsHost``) to look in next, or ``None``."""
+        ...
+
+
+class Frame(Protocol):
+    """What the running code belongs to: an activity's block, or one of its calls."""
+
     @property
-    def _causality(self) -> object | None: ...
+    def host(self) -> Any:
+        """The activity's core (a ``LocalsHost``)."""
+        ...
+
+    @property
+    def origin(self) -> Any:
+        """Where the work came from (a ``LocalsHost``), if another activity."""
+        ...
+
+    @property
+    def causality(self) -> object | None: ...
+
+    #: Whether the frame is a call (a nested call of its activity re-enters).
+    is_call: ClassVar[bool]
 
 
-_frame: Final[ContextVar[_Frame | None]] = ContextVar("activity.frame", default=None)
-
-
-def current_activity() -> Activity | None:
-    """Return the activity the calling code runs in, or ``None`` outside any.
-
-    Inside ``async with Activity() as act:`` this is ``act``; inside a call
-    (a coroutine on the loop or a blocking function in a worker thread) it is
-    the activity that accepted the call.
-    """
-    frame = _frame.get()
-    return None if frame is None else frame._activity
+frame_var: Final[ContextVar[Frame | None]] = ContextVar("activity.frame", default=None)
 
 
 class SynchronizationDomain:
@@ -201,14 +211,14 @@ class ActivityLocal(Generic[T]):
         :param default: returned when there is no value (overrides the local's default)
         :raises LookupError: if there is no value and no default
         """
-        frame = _frame.get()
+        frame = frame_var.get()
         if frame is not None:
             # The frame's activity first, then the activities the work came from.
-            value = frame._activity._locals.get(self, _MISSING)
-            origin = frame._origin
+            value = frame.host.locals.get(self, _MISSING)
+            origin = frame.origin
             while value is _MISSING and origin is not None:
-                value = origin._locals.get(self, _MISSING)
-                origin = origin._origin
+                value = origin.locals.get(self, _MISSING)
+                origin = origin.origin
             if value is not _MISSING:
                 return value  # type: ignore[no-any-return]
         if not isinstance(default, _Missing):
@@ -223,17 +233,16 @@ class ActivityLocal(Generic[T]):
 
         :raises ActivityError: if called outside any activity
         """
-        frame = _frame.get()
+        frame = frame_var.get()
         if frame is None:
             raise ActivityError(
                 f"ActivityLocal {self._name!r} can only be set inside an activity "
                 "(an 'async with Activity()' block or one of its calls)"
             )
-        frame._activity._locals[self] = value
+        frame.host.locals[self] = value
 
     def __repr__(self) -> str:
         return f"<ActivityLocal {self._name!r}>"
 
 
 ActivityLocal.__module__ = "activity"
-current_activity.__module__ = "activity"

@@ -38,7 +38,7 @@ from activity import (
     current_activity,
 )
 from activity._backends import _asyncio
-from activity._context import _frame
+from activity._context import frame_var
 from activity._workers import Workers
 from activity.pytest_plugin import assert_balanced
 
@@ -489,7 +489,7 @@ class TestSynchronousCallLifecycle:
         frames: list[weakref.ref[Any]] = []
 
         async def work() -> None:
-            frame = _frame.get()
+            frame = frame_var.get()
             assert frame is not None
             frames.append(weakref.ref(frame))
             await anyio.lowlevel.checkpoint()

@@ -40,7 +40,10 @@ from activity import (
     check_cancelled,
     current_activity,
 )
+from activity._core import MAX_KEPT_FAILURES
 from activity.pytest_plugin import assert_balanced
+
+from tests.internals import core_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -87,7 +90,7 @@ class TestWaitingAdmission:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(submit, 1)
                 tg.start_soon(submit, 2)
-                await until(lambda: len(act._admission.waiters) == 2)
+                await until(lambda: len(core_of(act).admission.waiters) == 2)
                 gate.set()
             with anyio.fail_after(LIMIT):
                 assert await calls[1] == 1
@@ -110,7 +113,7 @@ class TestWaitingAdmission:
                 async with anyio.create_task_group() as tg:
                     for value in range(3):
                         tg.start_soon(run, value)
-                    await until(lambda: len(act._admission.waiters) == 3)
+                    await until(lambda: len(core_of(act).admission.waiters) == 3)
                     gate.set()
             await blocker
         assert sorted(results) == [0, 1, 2]
@@ -481,15 +484,13 @@ class TestLimits:
             assert act.statistics().accepted == 0
 
     async def test_unobserved_failures_are_kept_up_to_a_bound(self) -> None:
-        import activity._activity as module
-
-        kept = module.MAX_KEPT_FAILURES
+        kept = MAX_KEPT_FAILURES
         extra = 30
         with pytest.raises(ExceptionGroup) as info:
             async with Activity() as act:
                 calls = [await act.asynchronous_call(boom) for _ in range(kept + extra)]
                 await act.wait_idle()
-                assert len(act._unobserved) == kept
+                assert len(core_of(act).unobserved) == kept
                 # Observing one that was only counted takes it off the count.
                 assert isinstance(calls[-1].exception(), ValueError)
         errors = exceptions_of(info.value)

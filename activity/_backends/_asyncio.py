@@ -43,12 +43,11 @@ from ._common import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from .._activity import Activity
     from .._apartment import Apartment
-    from .._call import Call
+    from .._call import BaseCall, Event
+    from .._context import Frame
     from .._workers import Workers
-    from . import Event
-    from ._common import Outcome, ReentryHost
+    from ._common import DispatchHost, Outcome, ReentryHost
 
 __all__ = ["AsyncioDispatcher"]
 
@@ -87,18 +86,18 @@ class AsyncioDispatcher:
     """Native asyncio tasks and a share of the worker pool (see the module doc)."""
 
     __slots__ = (
-        "_activity",
         "_apartment",
         "_loop",
         "_system_tasks",
         "_thread_limit",
         "_workers",
+        "host",
     )
 
     def __init__(
-        self, activity: Activity, loop: asyncio.AbstractEventLoop, apartment: Apartment | None
+        self, activity: DispatchHost, loop: asyncio.AbstractEventLoop, apartment: Apartment | None
     ) -> None:
-        self._activity = activity
+        self.host = activity
         self._loop = loop
         self._apartment = apartment
         self._thread_limit = activity.config.thread_limit
@@ -111,7 +110,7 @@ class AsyncioDispatcher:
             workers = self._workers = borrow_workers(self._thread_limit)
         return workers
 
-    async def _in_thread(self, run: Callable[..., Any], call: Call[Any]) -> Any:
+    async def in_thread(self, run: Callable[..., Any], call: BaseCall[Any]) -> Any:
         """Run a blocking call's body on a worker thread and wait for its result.
 
         The thread is its chain's host if it has one (see :class:`ReentryHost`).
@@ -121,7 +120,7 @@ class AsyncioDispatcher:
         host = hosting.get()
         threads = host if host is not None and host.takes(call) else self._lent_workers()
         future = threads.submit(
-            run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
+            run, call.fn, call.args, functools.partial(_signal_from_thread, loop, ended)
         )
         return await _result_of_work(future, ended)
 
@@ -131,79 +130,79 @@ class AsyncioDispatcher:
     def is_cancellation(self, exc: BaseException) -> bool:
         return isinstance(exc, asyncio.CancelledError)
 
-    def start(self, call: Call[Any]) -> None:
+    def start(self, call: BaseCall[Any]) -> None:
         loop = self._loop
-        context = call._context
+        context = call.context
         assert context is not None
-        activity = self._activity
-        plain = activity._domain is None
-        if call._kind is BLOCKING:
-            if plain and self._apartment is None and not activity._bound_to_loop:
+        activity = self.host
+        plain = activity.domain is None
+        if call.kind is BLOCKING:
+            if plain and self._apartment is None and not activity.bound_to_loop:
                 # No asyncio future in between: the work item's done callback asks
                 # the loop to finish the call (thread_done), one hop instead of two.
                 try:
-                    call._future = self._lent_workers().submit(
-                        context.run, call._fn, call._args, call._thread_done
+                    call.future = self._lent_workers().submit(
+                        context.run, call.fn, call.args, call.thread_done
                     )
                 except BaseException as exc:  # no worker thread could be started
-                    loop.call_soon(activity._finish, call, FAILED, None, exc)
+                    loop.call_soon(activity.finish, call, FAILED, None, exc)
                     return
             else:
                 self._start_task(call, self._run_wrapped(call), context)
         elif plain:
-            if call._kind is COROUTINE:
-                coro = call._fn
+            if call.kind is COROUTINE:
+                coro = call.fn
             else:
                 try:
-                    coro = context.run(call._fn, *call._args)
+                    coro = context.run(call.fn, *call.args)
                 except BaseException as exc:
                     if isinstance(exc, StopIteration):
                         exc = stop_iteration_error(exc)
-                    loop.call_soon(activity._finish, call, FAILED, None, exc)
+                    loop.call_soon(activity.finish, call, FAILED, None, exc)
                     return
                 if not is_coroutine(coro):
-                    loop.call_soon(activity._finish, call, *outcome_of_result(call, coro))
+                    loop.call_soon(activity.finish, call, *outcome_of_result(call, coro))
                     return
             self._start_task(call, coro, context)
         else:
             self._start_task(call, self._run_wrapped(call), context)
-        extras = call._extras
+        extras = call.extras
         if extras is not None and extras.timeout is not None:
             extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
 
     def _start_task(
-        self, call: Call[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context
+        self, call: BaseCall[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context
     ) -> None:
         task = self._loop.create_task(coro, context=context)
-        call._future = task
+        call.future = task
         # A bound method, not a closure: it lives as long as the task, and is smaller.
-        task.add_done_callback(call._future_done, context=context)
+        task.add_done_callback(call.future_done, context=context)
 
-    async def _run_wrapped(self, call: Call[Any]) -> Any:
+    async def _run_wrapped(self, call: BaseCall[Any]) -> Any:
         """A call that enters a domain, or runs on an STA thread or on the loop thread."""
-        domain = self._activity._domain
+        domain = self.host.domain
         if domain is not None:
-            await domain.enter(call._causality)
+            await domain.enter(call.causality)
         try:
-            if call._kind is BLOCKING:
+            if call.kind is BLOCKING:
                 # A copy: if this task is cancelled while an abandoned thread still
                 # runs in the context, the task must not need to enter it too.
                 return await self._blocking(call, contextvars.copy_context().run)
-            coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
+            coro = call.fn if call.kind is COROUTINE else call.fn(*call.args)
             return await coro if is_coroutine(coro) else coro
         finally:
             if domain is not None:
-                domain.leave(call._causality)
+                domain.leave(call.causality)
 
-    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
-        if self._activity._bound_to_loop:
-            return run_here(run, call._fn, call._args)
+    async def _blocking(self, call: BaseCall[Any], run: Callable[..., Any]) -> Any:
+        if self.host.bound_to_loop:
+            return run_here(run, call.fn, call.args)
         apartment = self._apartment
         if apartment is not None and host_of(call) is None:
             loop = self._loop
             ended = loop.create_future()
             future = apartment.submit(
-                run, call._fn, call._args, functools.partial(_signal_from_thread, loop, ended)
+                run, call.fn, call.args, functools.partial(_signal_from_thread, loop, ended)
             )
             try:
                 return await _result_of_work(future, ended)
@@ -211,19 +210,19 @@ class AsyncioDispatcher:
                 if not future.cancelled():
                     apartment.abandon()
                 raise
-        return await self._in_thread(run, call)
+        return await self.in_thread(run, call)
 
-    def future_done(self, call: Call[Any], future: asyncio.Future[Any] | WorkItem) -> None:
+    def future_done(self, call: BaseCall[Any], future: asyncio.Future[Any] | WorkItem) -> None:
         """The done callback of a call's task or executor future (via ``Call``)."""
-        self._activity._finish(call, *self._outcome(call, future))
+        self.host.finish(call, *self._outcome(call, future))
 
     @staticmethod
-    def _outcome(call: Call[Any], future: asyncio.Future[Any] | WorkItem) -> Outcome:
-        extras = call._extras
+    def _outcome(call: BaseCall[Any], future: asyncio.Future[Any] | WorkItem) -> Outcome:
+        extras = call.extras
         if extras is not None and extras.timer is not None:
             extras.timer.cancel()
             extras.timer = None
-        call._future = None
+        call.future = None
         if future.cancelled():
             return cancelled_outcome(call)
         exc = future.exception()
@@ -231,7 +230,7 @@ class AsyncioDispatcher:
             return FAILED, None, exc
         return outcome_of_result(call, future.result())
 
-    def thread_done(self, call: Call[Any], future: WorkItem) -> None:
+    def thread_done(self, call: BaseCall[Any], future: WorkItem) -> None:
         """The done callback of a blocking call's work item (via ``Call``).
 
         It runs in the worker thread, or in the loop's when the work item was
@@ -239,7 +238,7 @@ class AsyncioDispatcher:
         context, which the thread has left by now; a call already finished as
         abandoned (its context is gone) is not finished twice.
         """
-        context = call._context
+        context = call.context
         if context is None:
             return
         try:
@@ -247,8 +246,8 @@ class AsyncioDispatcher:
         except RuntimeError:  # the loop is closed: nobody is left to tell
             return
 
-    def _cancel_future(self, call: Call[Any]) -> None:
-        future = call._future
+    def _cancel_future(self, call: BaseCall[Any]) -> None:
+        future = call.future
         if future is None or future.cancel():
             return
         if type(future) is WorkItem and not future.done():
@@ -256,60 +255,58 @@ class AsyncioDispatcher:
             # and what the thread returns later is ignored.
             self._loop.call_soon(self._abandon, call)
 
-    def _abandon(self, call: Call[Any]) -> None:
-        if call._status is RUNNING:
-            self._activity._finish(call, *cancelled_outcome(call))
+    def _abandon(self, call: BaseCall[Any]) -> None:
+        if call.state is RUNNING:
+            self.host.finish(call, *cancelled_outcome(call))
 
-    def _on_timeout(self, call: Call[Any]) -> None:
-        call._more().timer = None
+    def _on_timeout(self, call: BaseCall[Any]) -> None:
+        call.more().timer = None
         # Not after a cancel(): a call that runs in its caller's task must cancel that
         # task once, or the caller is left with a cancellation it never asked for.
-        if call._status is RUNNING and call._future is not None and not call._cancel_requested:
-            call._timed_out = True
+        if call.state is RUNNING and call.future is not None and not call.cancel_requested:
+            call.timed_out = True
             self._cancel_future(call)
 
-    def cancel_running(self, call: Call[Any]) -> None:
-        call._cancel_requested = True
+    def cancel_running(self, call: BaseCall[Any]) -> None:
+        call.cancel_requested = True
         self._cancel_future(call)
 
-    async def run_inline(self, call: Call[Any]) -> Outcome:
+    async def run_inline(self, call: BaseCall[Any]) -> Outcome:
         loop = self._loop
         task = asyncio.current_task(loop)
         assert task is not None
-        context = call._context
+        context = call.context
         assert context is not None
-        call._future = task
-        extras = call._extras
+        call.future = task
+        extras = call.extras
         if extras is not None and extras.timeout is not None:
             extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
-        domain = self._activity._domain
+        domain = self.host.domain
         try:
             if domain is not None:
-                await domain.enter(call._causality)
+                await domain.enter(call.causality)
             try:
-                if call._kind is BLOCKING:
+                if call.kind is BLOCKING:
                     result = await self._blocking(call, context.run)
                 else:
-                    coro = (
-                        call._fn if call._kind is COROUTINE else context.run(call._fn, *call._args)
-                    )
+                    coro = call.fn if call.kind is COROUTINE else context.run(call.fn, *call.args)
                     result = await drive_in_context(coro, context) if is_coroutine(coro) else coro
             finally:
                 if domain is not None:
-                    domain.leave(call._causality)
+                    domain.leave(call.causality)
         except asyncio.CancelledError as exc:
-            ours = call._cancel_requested or call._timed_out
+            ours = call.cancel_requested or call.timed_out
             if ours and task.uncancel() == 0:
                 return cancelled_outcome(call)
             return CANCELLED, None, exc
         except BaseException as exc:
             return FAILED, None, exc
         finally:
-            call._future = None
+            call.future = None
             if extras is not None and extras.timer is not None:
                 extras.timer.cancel()
                 extras.timer = None
-        if (call._cancel_requested or call._timed_out) and task.cancelling():
+        if (call.cancel_requested or call.timed_out) and task.cancelling():
             # The body swallowed the cancellation we asked for and returned.
             task.uncancel()
         return outcome_of_result(call, result)
@@ -347,13 +344,13 @@ class AsyncioDispatcher:
             self._workers = None
             workers.shutdown()
 
-    def reentry_host(self, frame: object) -> ReentryHost | None:
+    def reentry_host(self, frame: Frame | None) -> ReentryHost | None:
         """The host the calling thread becomes to call back in from ``frame``, if any.
 
         Called from that thread (see :class:`ReentryHost`).
         """
         return reentry_host(
-            self._activity,
+            self.host,
             frame,
             self._apartment,
             self._start_task_from_thread,

@@ -25,11 +25,11 @@ import contextvars
 import functools
 import queue
 import types
-from typing import TYPE_CHECKING, Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard, cast
 
 import anyio
 
-from .._call import BLOCKING, CANCELLED, COMPLETED, FAILED, Call, CallStatus
+from .._call import BLOCKING, CANCELLED, COMPLETED, FAILED, BaseCall, CallStatus
 from .._errors import CallTimeoutError, InvalidArgumentError, error_from_hresult
 from .._hresult import HResult
 from .._workers import WorkItem, stop_iteration_error, worker_threads
@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Generator
     from typing import TypeAlias
 
-    from .._activity import Activity
     from .._apartment import Apartment
+    from .._config import ActivityConfig
+    from .._context import Frame, SynchronizationDomain
 
     #: Starts ``fn()`` as a task on a loop, in ``context``, from another thread;
     #: raises ``anyio.RunFinishedError`` if the loop has finished.
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKED_RESULTS",
+    "DispatchHost",
     "Outcome",
     "ReentryHost",
     "cancelled_outcome",
@@ -61,6 +63,25 @@ __all__ = [
     "run_here",
     "timeout_error",
 ]
+
+
+class DispatchHost(Protocol):
+    """What a backend needs of its activity (the activity's core meets it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> ActivityConfig: ...
+    @property
+    def domain(self) -> SynchronizationDomain | None: ...
+    @property
+    def bound_to_loop(self) -> bool: ...
+    def finish(
+        self, call: BaseCall[Any], status: CallStatus, result: Any, exc: BaseException | None
+    ) -> None:
+        """Record how ``call`` ended, tell whoever waits, route a failure, admit more."""
+        ...
+
 
 #: (status, result, exception) of a finished call.
 Outcome = tuple[CallStatus, Any, BaseException | None]
@@ -111,7 +132,7 @@ def is_coroutine(obj: object) -> TypeGuard[Coroutine[Any, Any, Any]]:
     return type(obj) is _CoroutineType
 
 
-def outcome_of_result(call: Call[Any], result: Any) -> Outcome:
+def outcome_of_result(call: BaseCall[Any], result: Any) -> Outcome:
     """Completed, unless the body returned a failing ``HResult`` or a stray coroutine."""
     if type(result) is HResult and result >= 0x80000000:
         return FAILED, None, error_from_hresult(result)
@@ -128,16 +149,16 @@ def outcome_of_result(call: Call[Any], result: Any) -> Outcome:
     return COMPLETED, result, None
 
 
-def timeout_error(call: Call[Any]) -> CallTimeoutError:
+def timeout_error(call: BaseCall[Any]) -> CallTimeoutError:
     """The failure of a call whose run outlived its timeout."""
-    extras = call._extras
+    extras = call.extras
     timeout = None if extras is None else extras.timeout
     return CallTimeoutError(f"call {call.name!r} did not finish within {timeout} s")
 
 
-def cancelled_outcome(call: Call[Any]) -> Outcome:
+def cancelled_outcome(call: BaseCall[Any]) -> Outcome:
     """A call stopped by its timeout failed; one stopped on purpose was cancelled."""
-    if call._timed_out and not call._cancel_requested:
+    if call.timed_out and not call.cancel_requested:
         return FAILED, None, timeout_error(call)
     return CANCELLED, None, None
 
@@ -173,24 +194,24 @@ class ReentryHost:
     """
 
     __slots__ = (
-        "_activity",
-        "_causality",
         "_closed",
         "_loop_cancelled",
         "_outcome",
         "_queue",
         "_start",
+        "causality",
+        "host",
     )
 
     def __init__(
         self,
-        activity: Activity,
+        activity: DispatchHost,
         causality: object,
         start: _StartTask,
         loop_cancelled: type[BaseException],
     ) -> None:
-        self._activity = activity
-        self._causality = causality
+        self.host: object = activity
+        self.causality = causality
         #: Starts a task on the loop, from this thread, without waiting for it.
         self._start = start
         #: What the loop cancels its tasks with.
@@ -200,13 +221,9 @@ class ReentryHost:
         self._queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()
         self._outcome: tuple[bool, Any] = (False, None)
 
-    def takes(self, call: Call[Any]) -> bool:
+    def takes(self, call: BaseCall[Any]) -> bool:
         """Whether ``call`` (a blocking call, on the loop) runs on this thread."""
-        return (
-            call._causality is self._causality
-            and call._activity is self._activity
-            and not self._closed
-        )
+        return call.causality is self.causality and call.host is self.host and not self._closed
 
     def submit(
         self,
@@ -259,15 +276,15 @@ class ReentryHost:
             self._queue.put(None)
 
 
-def host_of(call: Call[Any]) -> ReentryHost | None:
+def host_of(call: BaseCall[Any]) -> ReentryHost | None:
     """The host that runs ``call`` (a blocking call), if its chain has one (on the loop)."""
     host = hosting.get()
     return host if host is not None and host.takes(call) else None
 
 
 def reentry_host(
-    activity: Activity,
-    frame: object,
+    activity: DispatchHost,
+    frame: Frame | None,
     apartment: Apartment | None,
     start: _StartTask,
     loop_cancelled: type[BaseException],
@@ -277,9 +294,11 @@ def reentry_host(
     It does when the thread runs one of the activity's blocking calls, whose chain
     it continues: on the apartment's thread, or on a worker thread.
     """
-    if type(frame) is not Call or frame._activity is not activity or frame._kind is not BLOCKING:
+    if not isinstance(frame, BaseCall):
         return None
-    causality = frame._causality
+    if frame.host is not cast("object", activity) or frame.kind is not BLOCKING:
+        return None
+    causality = frame.causality
     if causality is None:  # abandoned: the call has ended, and its chain with it
         return None
     if apartment is not None:

@@ -38,12 +38,11 @@ from ._common import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from .._activity import Activity
     from .._apartment import Apartment
-    from .._call import Call
+    from .._call import BaseCall, Event
+    from .._context import Frame
     from .._workers import WorkItem
-    from . import Event
-    from ._common import Outcome, ReentryHost
+    from ._common import DispatchHost, Outcome, ReentryHost
 
 __all__ = ["TrioDispatcher"]
 
@@ -98,10 +97,7 @@ class TrioDispatcher:
     """Tasks of a trio nursery, each in its own trio cancel scope (see the module doc)."""
 
     __slots__ = (
-        "_activity",
         "_apartment",
-        "_cancel_scope",
-        "_cancelled_exc",
         "_current_time",
         "_limiter",
         "_nursery",
@@ -110,19 +106,22 @@ class TrioDispatcher:
         "_task_name",
         "_token",
         "_trio_token",
+        "cancel_scope",
+        "cancelled_exc",
+        "host",
     )
 
-    def __init__(self, activity: Activity, apartment: Apartment | None) -> None:
+    def __init__(self, activity: DispatchHost, apartment: Apartment | None) -> None:
         import trio  # only ever imported on a trio loop
 
-        self._activity = activity
+        self.host = activity
         self._apartment = apartment
         self._limiter = anyio.CapacityLimiter(activity.config.thread_limit)
         self._nursery_manager = trio.open_nursery()
         self._nursery: trio.Nursery | None = None
-        self._cancel_scope = trio.CancelScope
+        self.cancel_scope = trio.CancelScope
         self._current_time = trio.current_time
-        self._cancelled_exc: type[BaseException] = trio.Cancelled
+        self.cancelled_exc: type[BaseException] = trio.Cancelled
         self._token = anyio.lowlevel.current_token()
         self._trio_token = trio.lowlevel.current_trio_token()
         self._task_name = f"activity {activity.name!r} call"
@@ -137,33 +136,33 @@ class TrioDispatcher:
         return anyio.Event()
 
     def is_cancellation(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._cancelled_exc)
+        return isinstance(exc, self.cancelled_exc)
 
-    def start(self, call: Call[Any]) -> None:
-        context = call._context
+    def start(self, call: BaseCall[Any]) -> None:
+        context = call.context
         assert context is not None
         # trio starts new tasks in no set order: take the call's place in the
         # domain's line now, so the domain stays FIFO in submission order.
-        domain = self._activity._domain
-        ticket = None if domain is None else domain.reserve(call._causality)
+        domain = self.host.domain
+        ticket = None if domain is None else domain.reserve(call.causality)
         # The new task runs in a copy of the context current at start_soon.
         start_soon = self._start_soon
         assert start_soon is not None, "the dispatcher is not open"
         context.run(start_soon, self._run, call, ticket, False)
 
-    async def _blocking(self, call: Call[Any], run: Callable[..., Any]) -> Any:
-        if self._activity._bound_to_loop:
-            return run_here(run, call._fn, call._args)
+    async def _blocking(self, call: BaseCall[Any], run: Callable[..., Any]) -> Any:
+        if self.host.bound_to_loop:
+            return run_here(run, call.fn, call.args)
         host = host_of(call)
         apartment = self._apartment
         if host is not None or apartment is not None:
             ended = anyio.Event()
             thread = host if host is not None else apartment
             assert thread is not None
-            future = thread.submit(run, call._fn, call._args, self._waker(ended))
+            future = thread.submit(run, call.fn, call.args, self._waker(ended))
             try:
                 await ended.wait()
-            except self._cancelled_exc:
+            except self.cancelled_exc:
                 # A host's thread is held by the call waiting for this one anyway.
                 if not future.cancel() and host is None and apartment is not None:
                     apartment.abandon()
@@ -177,12 +176,12 @@ class TrioDispatcher:
                 _boxed,
                 handoff,
                 run,
-                call._fn,
-                call._args,
+                call.fn,
+                call.args,
                 limiter=self._limiter,
                 abandon_on_cancel=True,
             )
-        except self._cancelled_exc:
+        except self.cancelled_exc:
             handoff.abandon()
             raise
         return boxed[0]
@@ -204,7 +203,10 @@ class TrioDispatcher:
         return wake
 
     async def _run(
-        self, call: Call[Any], ticket: Event | _NoTicket | None = _NO_TICKET, inline: bool = True
+        self,
+        call: BaseCall[Any],
+        ticket: Event | _NoTicket | None = _NO_TICKET,
+        inline: bool = True,
     ) -> Outcome:
         """Run a call's body in its own cancel scope; a task also finishes the call.
 
@@ -213,22 +215,22 @@ class TrioDispatcher:
         (``synchronous_call``) runs the body in the caller's task instead, each
         step inside the call's context.
         """
-        activity = self._activity
-        domain = activity._domain
-        if call._cancel_requested and not inline:
+        activity = self.host
+        domain = activity.domain
+        if call.cancel_requested and not inline:
             # Cancelled between start() and the task's first step.
-            if call._kind is COROUTINE:
-                call._fn.close()  # it never ran: Python must not warn that it was never awaited
+            if call.kind is COROUTINE:
+                call.fn.close()  # it never ran: Python must not warn that it was never awaited
             if domain is not None and not isinstance(ticket, _NoTicket):
-                domain.abandon(call._causality, ticket)
-            activity._finish(call, CANCELLED, None, None)
+                domain.abandon(call.causality, ticket)
+            activity.finish(call, CANCELLED, None, None)
             return CANCELLED, None, None
-        scope = self._cancel_scope()
-        extras = call._extras
+        scope = self.cancel_scope()
+        extras = call.extras
         if extras is not None and extras.timeout is not None:
             scope.deadline = self._current_time() + extras.timeout
-        call._future = scope
-        if call._cancel_requested:
+        call.future = scope
+        if call.cancel_requested:
             scope.cancel()
         outcome: Outcome
         result: Any = None
@@ -236,59 +238,57 @@ class TrioDispatcher:
             with scope:
                 if domain is not None:
                     if isinstance(ticket, _NoTicket):
-                        await domain.enter(call._causality)
+                        await domain.enter(call.causality)
                     else:
-                        await domain.wait_turn(call._causality, ticket)
+                        await domain.wait_turn(call.causality, ticket)
                 try:
-                    if call._kind is BLOCKING:
+                    if call.kind is BLOCKING:
                         # A task's body runs in a copy of the context: if the task is
                         # cancelled while an abandoned thread still runs in it, the
                         # call's own context is not entered twice.
-                        context = call._context if inline else contextvars.copy_context()
+                        context = call.context if inline else contextvars.copy_context()
                         assert context is not None
                         result = await self._blocking(call, context.run)
                     elif inline:
-                        context = call._context
+                        context = call.context
                         assert context is not None
                         coro = (
-                            call._fn
-                            if call._kind is COROUTINE
-                            else context.run(call._fn, *call._args)
+                            call.fn if call.kind is COROUTINE else context.run(call.fn, *call.args)
                         )
                         result = (
                             await drive_in_context(coro, context) if is_coroutine(coro) else coro
                         )
                     else:
-                        coro = call._fn if call._kind is COROUTINE else call._fn(*call._args)
+                        coro = call.fn if call.kind is COROUTINE else call.fn(*call.args)
                         result = await coro if is_coroutine(coro) else coro
                 finally:
                     if domain is not None:
-                        domain.leave(call._causality)
-        except self._cancelled_exc as exc:
+                        domain.leave(call.causality)
+        except self.cancelled_exc as exc:
             # Cancelled from outside the call's own scope (the host went away).
             outcome = CANCELLED, None, exc
         except BaseException as exc:
             outcome = FAILED, None, exc
         else:
             if scope.cancelled_caught:
-                if call._cancel_requested:
+                if call.cancel_requested:
                     outcome = CANCELLED, None, None
                 else:
-                    call._timed_out = True  # what an abandoned thread's check_cancelled() sees
+                    call.timed_out = True  # what an abandoned thread's check_cancelled() sees
                     outcome = FAILED, None, timeout_error(call)
             elif type(result) in CHECKED_RESULTS:
                 outcome = outcome_of_result(call, result)
             else:
                 outcome = COMPLETED, result, None
         finally:
-            call._future = None
+            call.future = None
         if not inline:
-            activity._finish(call, *outcome)
+            activity.finish(call, *outcome)
         return outcome
 
-    def cancel_running(self, call: Call[Any]) -> None:
-        call._cancel_requested = True
-        scope = call._future
+    def cancel_running(self, call: BaseCall[Any]) -> None:
+        call.cancel_requested = True
+        scope = call.future
         if scope is not None:
             scope.cancel()
 
@@ -311,17 +311,17 @@ class TrioDispatcher:
         with anyio.CancelScope(shield=True):
             await event.wait()
 
-    def reentry_host(self, frame: object) -> ReentryHost | None:
+    def reentry_host(self, frame: Frame | None) -> ReentryHost | None:
         """The host the calling thread becomes to call back in from ``frame``, if any.
 
         Called from that thread (see :class:`ReentryHost`).
         """
         return reentry_host(
-            self._activity,
+            self.host,
             frame,
             self._apartment,
             self._start_task_from_thread,
-            self._cancelled_exc,
+            self.cancelled_exc,
         )
 
     def _start_task_from_thread(
@@ -349,7 +349,7 @@ class TrioDispatcher:
             await self._nursery_manager.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
             # No call task raises; only the host's own cancellation can arrive here.
-            cancelled, rest = group.split(self._cancelled_exc)
+            cancelled, rest = group.split(self.cancelled_exc)
             if rest is not None or cancelled is None:
                 raise
             raise cancelled.exceptions[0] from None

@@ -1,0 +1,227 @@
+"""Steps 1 and 2 of a call: validate it, then admit it, queue it or refuse it.
+
+:class:`Submitting` extends the core's state with submission: checking what
+is submitted (through ``_validate``), making the :class:`~activity.Call` and
+its copy of the submitter's context, and the admission policy over the
+budget of ``_admission`` (run now, queue, wait for room, reject), launching
+an admitted call on the backend, and pumping the queue when a place frees.
+"""
+
+from __future__ import annotations
+
+from asyncio import _get_running_loop  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
+from contextvars import copy_context
+from threading import get_ident
+from types import FunctionType
+from typing import Any
+
+from . import _tracking
+from ._admission import Waiter
+from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, BaseCall, Kind
+from ._config import Overflow
+from ._context import Frame, frame_var
+from ._core import OPEN, CoreState
+from ._errors import AsyncWorkRejectedError
+from ._tracking import EventKind
+from ._validate import (
+    CO_COROUTINE,
+    CO_GENERATORS,
+    check_name,
+    check_timeout,
+    classify,
+    refuse_coroutine,
+)
+
+__all__ = ["Submitting"]
+
+
+class Submitting(CoreState):
+    """Validation, admission and launching of calls."""
+
+    __slots__ = ()
+
+    async def submit(
+        self, fn: Any, args: tuple[Any, ...], name: str | None, timeout: float | None
+    ) -> BaseCall[Any]:
+        """``asynchronous_call``: accept, queue, wait for room or reject."""
+        kind, body, target, call_timeout = self.validate(fn, args, timeout, name)
+        call = self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
+        admission = self.admission
+        if admission.can_run_now():
+            admission.accept_running(call)
+            self.launch(call)
+        elif admission.can_queue():
+            admission.accept_pending(call)
+        elif self.overflow is Overflow.WAIT:
+            await self.wait_for_admission(call, self.config.admission_timeout)
+        else:
+            self.reject(call, fn)
+        return call
+
+    def submit_nowait(
+        self, fn: Any, args: tuple[Any, ...], name: str | None, timeout: float | None
+    ) -> BaseCall[Any]:
+        """``asynchronous_call_nowait``: accept, queue or reject, at once."""
+        kind, body, target, call_timeout = self.validate(fn, args, timeout, name)
+        call = self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
+        admission = self.admission
+        if admission.can_run_now():
+            admission.accept_running(call)
+            self.launch(call)
+        elif admission.can_queue():
+            admission.accept_pending(call)
+        else:
+            self.reject(call, fn)
+        return call
+
+    def validate(
+        self, fn: Any, args: tuple[Any, ...], timeout: Any, name: Any
+    ) -> tuple[Kind, Any, Any, float | None]:
+        """Check a submission before anything is accepted: (kind, body, on_error target, timeout).
+
+        A refused coroutine object is closed, so Python never warns it was not awaited.
+        """
+        if (
+            type(fn) is FunctionType
+            and timeout is None
+            and name is None
+            and self.state is OPEN
+            and get_ident() == self.thread_id
+            and _get_running_loop() is self.loop
+        ):
+            # The common cases: a function (coroutine or plain) without per-call
+            # options, on the activity's own thread while it is open.
+            flags = fn.__code__.co_flags
+            if flags & CO_COROUTINE:
+                return COROUTINE_FUNCTION, fn, None, self.timeout
+            if not flags & CO_GENERATORS:
+                return BLOCKING, fn, None, self.timeout
+        try:
+            self.check_open()
+            kind, body, target = classify(fn, args)
+            call_timeout = self.timeout if timeout is None else check_timeout(timeout, None)
+            if name is not None:
+                check_name(name)
+        except BaseException:
+            refuse_coroutine(fn)
+            raise
+        return kind, body, target, call_timeout
+
+    def new_call(
+        self,
+        kind: Kind,
+        body: Any,
+        args: tuple[Any, ...],
+        target: Any,
+        name: str | None,
+        timeout: float | None,
+        frame: Frame | None,
+        synchronous: bool,
+    ) -> BaseCall[Any]:
+        """Make a call and the copy of the submitter's context it will run in."""
+        call = self.call_class.create(
+            self,
+            kind,
+            body,
+            args,
+            self.origin_of(frame),
+            synchronous,
+            PENDING,
+            False,
+            target,
+            name,
+            timeout,
+        )
+        if synchronous and frame is not None and frame.causality is not None:
+            # The caller waits for this call, so the call continues the caller's chain.
+            call.causality = frame.causality
+        if not synchronous:
+            # The frame is set when the call starts (_launch): a queued call holds
+            # no context node of its own (120 bytes, and one object fewer for the
+            # garbage collector to traverse while the backlog waits).
+            call.context = copy_context()
+            return call
+        # Set, copy, reset: the copy sees the call as its frame, the submitter does
+        # not, and it costs half of setting the variable through Context.run().
+        token = frame_var.set(call)
+        call.context = copy_context()
+        frame_var.reset(token)
+        return call
+
+    def origin_of(self, frame: Frame | None) -> Any:
+        """Where a call submitted from ``frame`` looks for locals its activity lacks."""
+        if frame is None:
+            return None
+        activity = frame.host
+        return frame.origin if activity is self else activity
+
+    async def wait_for_admission(self, call: BaseCall[Any], timeout: float | None) -> None:
+        """Park until the queue has room for ``call``, which is then accepted."""
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        waiter = Waiter(call, dispatcher.new_event())
+        self.admission.waiters.append(waiter)
+        try:
+            admitted = await dispatcher.wait_event(waiter.event, timeout)
+        except BaseException:
+            if not waiter.event.is_set():
+                self.admission.waiters.remove(waiter)
+                refuse_coroutine(call.fn)
+            # else: the call was accepted before the cancellation arrived; it runs.
+            raise
+        if waiter.refused is not None:
+            refuse_coroutine(call.fn)
+            raise waiter.refused
+        if not admitted:
+            self.admission.waiters.remove(waiter)
+            self.reject(call, call.fn, waited=timeout)
+
+    def reject(self, call: BaseCall[Any], fn: Any, waited: float | None = None) -> None:
+        self.counters.rejected += 1
+        refuse_coroutine(fn)
+        if _tracking.listeners:
+            _tracking.emit(EventKind.CALL_REJECTED, self, call)
+        a = self.admission
+        how = f" after waiting {waited} s" if waited is not None else ""
+        where = f" in partition {a.partition!r}" if a.partition is not None else ""
+        raise AsyncWorkRejectedError(
+            f"activity {self.name!r} rejected {call.name!r}{how}: {a.slots} running "
+            f"(max_concurrency={a.max_concurrency}) and {a.pending} pending "
+            f"(max_pending={a.max_pending}){where}"
+        )
+
+    def launch(self, call: BaseCall[Any]) -> None:
+        """Hand a call that was just counted as running to the dispatcher."""
+        self.running_calls.add(call)
+        if not call.synchronous:
+            call.context.run(frame_var.set, call)  # type: ignore[union-attr]
+        self.dispatcher.start(call)  # type: ignore[union-attr]
+
+    def pump(self) -> None:
+        """Start queued calls while slots are free, then let waiters in.
+
+        In a partition the queue is shared, so the next call may be another
+        activity's: each call is launched by its own activity.
+        """
+        admission = self.admission
+        while True:
+            call = admission.pop_ready()
+            if call is not None:
+                call.host.launch(call)
+                continue
+            waiter = admission.pop_waiter()
+            if waiter is None:
+                return
+            call = waiter.call
+            # Not can_run_now(): the waiters behind this one are no reason to queue it.
+            if admission.slots < admission.max_concurrency and not admission.pending:
+                admission.accept_running(call)
+                call.host.launch(call)
+            else:
+                admission.accept_pending(call)
+            waiter.event.set()
+
+    def refuse_waiters(self, error: BaseException) -> None:
+        for waiter in self.admission.take_waiters_of(self):
+            waiter.refused = error
+            waiter.event.set()

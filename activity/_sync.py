@@ -1,0 +1,279 @@
+"""``synchronous_call``: the caller waits for its call, which may run in the caller's task.
+
+:class:`Synchronous` extends settling with the synchronous call. Its common
+case (a function that may start at once, with no domain to enter and no
+timer to arm) runs inline, in the caller's own task, with one path per
+backend: on asyncio a coroutine body's frame is a light ``InlineCall``, made
+a call only if it ends otherwise than completed; on trio the body runs in a
+cancel scope of its own; a plain function goes to the worker threads. Every
+other case makes a call and has the backend run it inline (``run_inline``),
+or waits in line for a place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import (  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
+    _get_running_loop,
+    current_task,
+)
+from contextvars import copy_context
+from threading import get_ident
+from types import FunctionType
+from typing import TYPE_CHECKING, Any, cast
+
+from . import _tracking
+from ._backends._common import CHECKED_RESULTS, drive_in_context, outcome_of_result
+from ._call import (
+    BLOCKING,
+    CANCELLED,
+    COMPLETED,
+    COROUTINE_FUNCTION,
+    FAILED,
+    RUNNING,
+    BaseCall,
+    CallStatus,
+    InlineCall,
+)
+from ._context import frame_var
+from ._outcome import Settling
+from ._validate import CO_COROUTINE, CO_GENERATORS
+
+if TYPE_CHECKING:
+    from ._backends._asyncio import AsyncioDispatcher
+    from ._backends._trio import TrioDispatcher
+
+__all__ = ["Synchronous"]
+
+
+class Synchronous(Settling):
+    """The synchronous call, inline where it can be."""
+
+    __slots__ = ()
+
+    async def synchronous_call(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """Run ``fn(*args)`` in the activity; return its result (``Activity.synchronous_call``)."""
+        if (
+            self.fast_sync
+            and type(fn) is FunctionType
+            and timeout is None
+            and get_ident() == self.thread_id
+            and _get_running_loop() is self.loop
+            and (
+                (flags := fn.__code__.co_flags) & CO_COROUTINE
+                or not (flags & CO_GENERATORS or self.apartment or self.bound_to_loop)
+            )
+        ):
+            # The common cases, inline: a coroutine function, or a plain function for
+            # the worker threads, that may start at once, with no domain to enter and
+            # no timeout to arm. The steps of the general path below, without the
+            # branches that cannot apply.
+            blocking = not flags & CO_COROUTINE
+            frame = frame_var.get()
+            admission = self.admission
+            if frame is None:
+                reentrant = False
+                origin = None
+            else:
+                reentrant = frame.host is self
+                origin = frame.origin if reentrant else frame.host
+                reentrant = reentrant and frame.is_call
+            if reentrant or (
+                admission.slots < admission.max_concurrency
+                and not admission.pending
+                and not admission.waiters
+            ):
+                counters = self.counters
+                counters.accepted += 1
+                counters.running += 1
+                if not reentrant:
+                    admission.slots += 1
+                loop = self.loop
+                if not blocking:
+                    # A coroutine: its frame is an InlineCall, which becomes a Call
+                    # only if the call ends otherwise than completed, unobserved.
+                    causality = None if frame is None else frame.causality
+                    if loop is None:
+                        # trio: the body runs in a cancel scope of its own, which is
+                        # what the activity cancels.
+                        trio_dispatcher = cast("TrioDispatcher", self.dispatcher)
+                        scope = trio_dispatcher.cancel_scope()
+                        inline = InlineCall(self, origin, causality, scope)
+                        inline_calls = self.inline_calls
+                        inline_calls.add(inline)
+                        result = None  # unless the scope catches the cancellation
+                        try:
+                            # The frame goes into the body's copy of the context by a
+                            # call from C to C, cheaper than a first step in Python.
+                            context = copy_context()
+                            context.run(frame_var.set, inline)
+                            with scope:
+                                result = await drive_in_context(fn(*args), context)
+                        except BaseException as error:
+                            call = self.promote(inline, fn, args, reentrant)
+                            if isinstance(error, trio_dispatcher.cancelled_exc):
+                                self.finish(call, CANCELLED, None, None)  # from outside
+                            else:
+                                self.finish(call, FAILED, None, error)
+                            raise
+                        if scope.cancelled_caught:
+                            call = self.promote(inline, fn, args, reentrant)
+                            return self.end_inline(call, CANCELLED, None, None)
+                    else:
+                        # With the loop given, current_task() skips looking the loop
+                        # up (3x faster).
+                        task = current_task(loop)
+                        inline = InlineCall(self, origin, causality, task)
+                        inline_calls = self.inline_calls
+                        inline_calls.add(inline)
+                        try:
+                            context = copy_context()
+                            context.run(frame_var.set, inline)
+                            result = await drive_in_context(fn(*args), context)
+                        except asyncio.CancelledError:
+                            call = self.promote(inline, fn, args, reentrant)
+                            self.finish(call, CANCELLED, None, None)
+                            if call.cancel_requested and task.uncancel() == 0:  # type: ignore[union-attr]
+                                raise self.cancelled_error(call) from None
+                            raise
+                        except BaseException as error:
+                            self.finish(
+                                self.promote(inline, fn, args, reentrant), FAILED, None, error
+                            )
+                            raise
+                        if inline.cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                            task.uncancel()  # type: ignore[union-attr]
+                    inline.task = None
+                    if _tracking.listeners or type(result) in CHECKED_RESULTS:
+                        call = self.promote(inline, fn, args, reentrant)
+                        return self.end_inline(call, *outcome_of_result(call, result))
+                    inline.causality = None  # itself, when it started the chain
+                    inline_calls.discard(inline)
+                else:
+                    # A plain function, for the worker threads.
+                    call = self.call_class.create(
+                        self, BLOCKING, fn, args, origin, True, RUNNING, not reentrant
+                    )
+                    call.observed = True  # its caller is told of its failure
+                    if frame is not None and frame.causality is not None:
+                        call.causality = frame.causality
+                    token = frame_var.set(call)
+                    context = call.context = copy_context()
+                    frame_var.reset(token)
+                    running_calls = self.running_calls
+                    running_calls.add(call)
+                    if loop is None:
+                        # trio: the dispatcher hands it to anyio's worker threads, in a
+                        # cancel scope of its own.
+                        status, result, failure = await self.dispatcher.run_inline(call)  # type: ignore[union-attr]
+                        if (
+                            status is not COMPLETED
+                            or call.state is not RUNNING
+                            or _tracking.listeners
+                        ):
+                            return self.end_inline(call, status, result, failure)
+                    else:
+                        # asyncio: the lent thread pool.
+                        task = call.future = current_task(loop)
+                        try:
+                            dispatcher = cast("AsyncioDispatcher", self.dispatcher)
+                            result = await dispatcher.in_thread(context.run, call)
+                        except asyncio.CancelledError:
+                            call.future = None
+                            ours = call.cancel_requested or call.timed_out
+                            self.finish(call, CANCELLED, None, None)
+                            if ours and task.uncancel() == 0:  # type: ignore[union-attr]
+                                raise self.cancelled_error(call) from None
+                            raise
+                        except BaseException as error:
+                            call.future = None
+                            self.finish(call, FAILED, None, error)
+                            raise
+                        call.future = None
+                        if call.cancel_requested and task.cancelling():  # type: ignore[union-attr]
+                            task.uncancel()  # type: ignore[union-attr]
+                        if (
+                            call.state is not RUNNING
+                            or _tracking.listeners
+                            or type(result) in CHECKED_RESULTS
+                        ):
+                            return self.end_inline(call, *outcome_of_result(call, result))
+                    # _finish, minus what a completed call that nobody else holds never needs.
+                    call.state = COMPLETED
+                    call.context = None  # both refer back to the call, as in _finish
+                    call.causality = None
+                    if args:
+                        call.args = ()
+                    running_calls.discard(call)
+                    call.holds_slot = False
+                counters.running -= 1
+                counters.completed += 1
+                if not reentrant:
+                    admission.slots -= 1
+                    if admission.pending or admission.waiters:
+                        self.pump()
+                if self.idle_event is not None:
+                    self.signal_if_idle()
+                return result
+
+        kind, body, target, call_timeout = self.validate(fn, args, timeout, None)
+        frame = frame_var.get()
+        call = self.new_call(kind, body, args, target, None, call_timeout, frame, True)
+        causality = call.causality
+        domain = self.domain
+        reentrant = (frame is not None and frame.is_call and frame.host is self) or (
+            domain is not None and domain.owner is causality
+        )
+        admission = self.admission
+        if reentrant or admission.can_run_now():
+            admission.accept_running(call, hold_slot=not reentrant)
+        else:
+            return await self.synchronous_call_queued(call)
+        self.running_calls.add(call)
+        call.observed = True
+        status, value, exc = await self.dispatcher.run_inline(call)  # type: ignore[union-attr]
+        return self.end_inline(call, status, value, exc)
+
+    def end_inline(
+        self, call: BaseCall[Any], status: CallStatus, value: Any, exc: BaseException | None
+    ) -> Any:
+        """Record how a synchronous call run inline ended; return its value or raise."""
+        if status is CANCELLED:
+            self.finish(call, CANCELLED, None, None)
+            if exc is not None:  # the caller itself was cancelled
+                raise exc
+            raise self.cancelled_error(call)
+        self.finish(call, status, value, exc)
+        if exc is not None:
+            raise exc
+        return value
+
+    def promote(
+        self, inline: InlineCall, fn: Any, args: tuple[Any, ...], reentrant: bool
+    ) -> BaseCall[Any]:
+        """The Call of an inline call that ends otherwise than completed and unobserved."""
+        call = self.call_class.create(
+            self, COROUTINE_FUNCTION, fn, args, inline.origin, True, RUNNING, not reentrant
+        )
+        call.observed = True  # its caller is told of its failure
+        call.cancel_requested = inline.cancel_requested
+        call.note_cancel_reason(inline.cancel_reason)
+        inline.task = None
+        inline.causality = None
+        self.inline_calls.discard(inline)
+        self.running_calls.add(call)
+        return call
+
+    async def synchronous_call_queued(self, call: BaseCall[Any]) -> Any:
+        """The slow path of ``synchronous_call``: wait in line, then await the call's task."""
+        admission = self.admission
+        if admission.can_queue():
+            admission.accept_pending(call)
+        else:
+            await self.wait_for_admission(call, None)
+        try:
+            await call.wait()
+        except BaseException:
+            self.cancel_call(call, "the caller of synchronous_call was cancelled")
+            raise
+        return call.result()
