@@ -17,7 +17,7 @@ import contextlib
 import inspect
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -40,13 +40,14 @@ from activity import (
     check_cancelled,
     current_activity,
 )
+from activity._context import frame_var
 from activity._core import MAX_KEPT_FAILURES
 from activity.pytest_plugin import assert_balanced
 
-from tests.internals import core_of
-
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from activity._lifecycle import Core
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +63,14 @@ async def echo(value: Any) -> Any:
 async def boom() -> None:
     await anyio.lowlevel.checkpoint()
     raise ValueError("boom")
+
+
+def core_of(act: Activity) -> Core:
+    """The core of ``act``; call it in ``act``'s own block, where the core is the frame."""
+    frame = frame_var.get()
+    assert frame is not None, "not in any activity"
+    assert frame.host.activity is act, "not in the activity's block"
+    return cast("Core", frame.host)
 
 
 async def until(condition: Callable[[], bool]) -> None:
