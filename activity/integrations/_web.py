@@ -31,13 +31,14 @@ import anyio
 from .._activity import Activity
 from .._backends._common import drive_in_context
 from .._config import ActivityConfig
-from .._context import ActivityLocal, _frame
+from .._context import ActivityLocal
+from .._context import frame_var as _frame
 from .._errors import ActivityClosedError, ActivityError, InvalidArgumentError
 from ._request import APP_ACTIVITY, REQUEST, REQUEST_ACTIVITY, RequestInfo, app_statistics
 from .problem import ProblemDetails, _normalize_status_map, _problem
 
 if TYPE_CHECKING:
-    from .._call import Call
+    from .._activity import Call
 
 #: An ASGI connection scope (the same shape as Starlette's, so the types agree).
 Scope = MutableMapping[str, Any]
@@ -158,12 +159,12 @@ def visible_locals(app: Activity) -> dict[Any, Any]:
     layers: list[Mapping[Any, Any]] = []
     frame = _frame.get()
     if frame is not None:
-        layers.append(frame._activity._locals)
-        origin = frame._origin
+        layers.append(frame.host.locals)
+        origin = frame.origin
         while origin is not None:
-            layers.append(origin._locals)
-            origin = origin._origin
-    table = app._locals
+            layers.append(origin.locals)
+            origin = origin.origin
+    table = app._core.locals
     values = table.app_values() if isinstance(table, AppLocals) else dict(table)
     for layer in reversed(layers):
         values.update(layer.current() if isinstance(layer, AppLocals) else layer)
@@ -255,7 +256,7 @@ class AppHost:
         opening = self._opening = anyio.Event()
         try:
             act = Activity(self.config)
-            act._locals = AppLocals()
+            act._core.locals = AppLocals()
             # An empty context: the app activity is a root, and nothing of the task
             # that happens to open it (the first request's, say) sticks to it.
             context = contextvars.Context()
@@ -425,7 +426,7 @@ class WebRuntime:
         # The request activity's parent is the activity current where it is entered;
         # the app activity is current in no request's task (it lives in a context of
         # its own), so it is made current for the entering alone.
-        token = _frame.set(app)
+        token = _frame.set(app._core)
         try:
             async with Activity(config) as request:
                 REQUEST.set(info)
@@ -459,7 +460,7 @@ def make_current(app: Activity) -> contextvars.Token[Any]:
     For the application's lifespan: its startup code (a lifespan context, startup
     hooks) can then reach the app activity and hand it work that outlives startup.
     """
-    return _frame.set(app)
+    return _frame.set(app._core)
 
 
 def restore(token: contextvars.Token[Any]) -> None:

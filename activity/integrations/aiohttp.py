@@ -36,8 +36,7 @@ except ImportError:
         "activity.integrations.aiohttp needs aiohttp: pip install 'activity[aiohttp]'"
     ) from None
 
-from .._activity import Activity
-from .._call import Call
+from .._activity import Activity, Call
 from .._config import ActivityConfig
 from .._errors import ActivityError
 from ._web import WebRuntime, hand_off

@@ -99,8 +99,7 @@ from .problem import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from .._activity import Activity
-    from .._call import Call
+    from .._activity import Activity, Call
     from .._config import ActivityConfig
 
 __all__ = [
