@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import (
     Activity,
@@ -44,9 +44,14 @@ if TYPE_CHECKING:
 
     from . import ActivityStatistics
 
-    _Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["main"]
+
+
+class _Commands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as a command needs it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +172,7 @@ def _add_demo_command(commands: _Commands) -> None:
     parser.set_defaults(run=_run_demo)
 
 
-class _Kind(enum.Enum):
+class Kind(enum.Enum):
     IO = "io"
     CPU = "cpu"
     FAIL = "fail"
@@ -176,7 +181,7 @@ class _Kind(enum.Enum):
 
 
 #: The mix of work items, by weight.
-_MIX: Final = {_Kind.IO: 82, _Kind.CPU: 8, _Kind.FAIL: 4, _Kind.TIMEOUT: 4, _Kind.CANCEL: 2}
+_MIX: Final = {Kind.IO: 82, Kind.CPU: 8, Kind.FAIL: 4, Kind.TIMEOUT: 4, Kind.CANCEL: 2}
 #: Steady arrivals per second, on top of the floods.
 _RATE: Final = 350.0
 #: A flood arrives at these many seconds, then every _FLOOD_PERIOD seconds.
@@ -184,7 +189,7 @@ _FIRST_FLOOD: Final = 0.25
 _FLOOD_PERIOD: Final = 1.0
 #: A flood is this many times what the activity can hold (running + pending), so it
 #: always overflows the queue.
-_FLOOD_FACTOR: Final = (1.05, 1.35)
+FLOOD_FACTOR: Final = (1.05, 1.35)
 _BLOCK: Final = 4096
 #: The failures of the failing items: E_FAIL, E_INVALIDARG and E_ACCESSDENIED.
 _FAILURES: Final[tuple[tuple[Callable[[str], Exception], str], ...]] = (
@@ -197,7 +202,7 @@ _FAILURES: Final[tuple[tuple[Callable[[str], Exception], str], ...]] = (
 @dataclass(frozen=True, slots=True)
 class _Item:
     index: int
-    kind: _Kind
+    kind: Kind
     #: When the item arrives, in seconds from the start of the run.
     at: float
     #: How long the work waits (I/O-like items) or how many blocks it hashes (CPU items).
@@ -209,7 +214,7 @@ class _Item:
     error: int = 0
 
 
-def _plan(size: int, capacity: int, seed: int) -> list[_Item]:
+def plan_items(size: int, capacity: int, seed: int) -> list[_Item]:
     """Draw the work items and their arrival times; the same seed gives the same plan."""
     rng = random.Random(seed)
     kinds = list(_MIX)
@@ -220,7 +225,7 @@ def _plan(size: int, capacity: int, seed: int) -> list[_Item]:
     while len(items) < size:
         steady_at += rng.expovariate(_RATE)
         if steady_at >= next_flood:
-            at, count = next_flood, math.ceil(capacity * rng.uniform(*_FLOOD_FACTOR))
+            at, count = next_flood, math.ceil(capacity * rng.uniform(*FLOOD_FACTOR))
             next_flood += _FLOOD_PERIOD
         else:
             at, count = steady_at, 1
@@ -229,14 +234,14 @@ def _plan(size: int, capacity: int, seed: int) -> list[_Item]:
     return items
 
 
-def _draw(rng: random.Random, index: int, kind: _Kind, at: float) -> _Item:
-    if kind is _Kind.CPU:
+def _draw(rng: random.Random, index: int, kind: Kind, at: float) -> _Item:
+    if kind is Kind.CPU:
         return _Item(index, kind, at, rounds=rng.randint(150, 300))
-    if kind is _Kind.FAIL:
+    if kind is Kind.FAIL:
         return _Item(index, kind, at, rng.uniform(0.001, 0.01), error=rng.randrange(len(_FAILURES)))
-    if kind is _Kind.TIMEOUT:
+    if kind is Kind.TIMEOUT:
         return _Item(index, kind, at, rng.uniform(0.04, 0.08), timeout=rng.uniform(0.01, 0.02))
-    if kind is _Kind.CANCEL:
+    if kind is Kind.CANCEL:
         return _Item(index, kind, at, rng.uniform(2.0, 3.0), cancel_after=rng.uniform(0.005, 0.05))
     return _Item(index, kind, at, rng.uniform(0.002, 0.02))
 
@@ -264,7 +269,7 @@ def _hash_blocks(seed: int, rounds: int) -> str:
 
 
 @dataclass(slots=True)
-class _Report:
+class Report:
     size: int
     options: dict[str, int]
     at_end_of_production: ActivityStatistics | None = None
@@ -350,12 +355,12 @@ def _percentile(values: list[float], percent: float) -> float:
 
 async def _run_batch(
     options: argparse.Namespace, on_tick: Callable[[ActivityStatistics], object] | None
-) -> _Report:
+) -> Report:
     """Submit the planned items to one activity and record what became of each."""
     size: int = options.size
     concurrency: int = options.concurrency
     queue: int = options.queue
-    report = _Report(
+    report = Report(
         size=size,
         options={
             "size": size,
@@ -365,7 +370,7 @@ async def _run_batch(
             "seed": options.seed,
         },
     )
-    plan = _plan(size, concurrency + queue, options.seed)
+    plan = plan_items(size, concurrency + queue, options.seed)
 
     def on_error(call: Call[Any], exc: BaseException) -> None:
         report.failures[hresult_of(exc).name] += 1
@@ -403,7 +408,7 @@ async def _produce(
     plan: list[_Item],
     start: float,
     watchers: asyncio.TaskGroup,
-    report: _Report,
+    report: Report,
 ) -> None:
     """Replay the arrival trace; count rejected submissions and move on."""
     for item in plan:
@@ -413,9 +418,9 @@ async def _produce(
         name = f"{item.kind.value}-{item.index}"
         try:
             call: Call[object]
-            if item.kind is _Kind.CPU:
+            if item.kind is Kind.CPU:
                 call = await act.asynchronous_call(_hash_blocks, item.index, item.rounds, name=name)
-            elif item.kind is _Kind.FAIL:
+            elif item.kind is Kind.FAIL:
                 call = await act.asynchronous_call(_flaky, item.seconds, item.error, name=name)
             else:
                 call = await act.asynchronous_call(
@@ -427,7 +432,7 @@ async def _produce(
 
 
 async def _watch(
-    call: Call[object], accepted_at: float, cancel_after: float | None, report: _Report
+    call: Call[object], accepted_at: float, cancel_after: float | None, report: Report
 ) -> None:
     """Wait for one call to end; record its latency and how it ended."""
     if cancel_after is not None:

@@ -13,8 +13,8 @@ or waits in line for a place.
 from __future__ import annotations
 
 import asyncio
-from asyncio import (  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
-    _get_running_loop,
+from asyncio import (
+    _get_running_loop,  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
     current_task,
 )
 from contextvars import copy_context

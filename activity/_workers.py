@@ -78,7 +78,7 @@ class WorkItem:
     coroutines, which cannot raise a ``StopIteration``.
     """
 
-    __slots__ = ("_args", "_exception", "_fn", "_on_done", "_result", "_run", "_state")
+    __slots__ = ("args", "_exception", "fn", "_on_done", "_result", "run", "_state")
 
     def __init__(
         self,
@@ -87,9 +87,9 @@ class WorkItem:
         args: tuple[Any, ...],
         on_done: Callable[[WorkItem], object] | None,
     ) -> None:
-        self._run: Callable[..., Any] | None = run
-        self._fn = fn
-        self._args = args
+        self.run: Callable[..., Any] | None = run
+        self.fn = fn
+        self.args = args
         self._on_done = on_done
         self._state = _PENDING
         self._result: Any = None
@@ -106,9 +106,9 @@ class WorkItem:
                 self._state = _RUNNING
         if not started:
             return False  # cancelled while queued: cancel() has told on_done
-        run, fn, args = self._run, self._fn, self._args
-        self._run = self._fn = None
-        self._args = ()
+        run, fn, args = self.run, self.fn, self.args
+        self.run = self.fn = None
+        self.args = ()
         assert run is not None
         try:
             result = run(fn, *args)
@@ -138,8 +138,8 @@ class WorkItem:
             if state == _PENDING:
                 self._state = _CANCELLED
         if state == _PENDING:
-            self._run = self._fn = None
-            self._args = ()
+            self.run = self.fn = None
+            self.args = ()
             self.notify()
             return True
         return state == _CANCELLED
@@ -197,24 +197,24 @@ class WorkerPool:
     or :data:`WORKER_IDLE_MAX` if that is more, ends at once.
     """
 
-    __slots__ = ("_capacity", "_jobs", "_lock", "_spare")
+    __slots__ = ("capacity", "jobs", "lock", "spare")
 
     def __init__(self) -> None:
-        self._reset()
+        self.reset()
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
         #: Guards the counts of the pool and its shares: taken once when an item is
         #: submitted and once when a thread ends one.
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         #: Items handed to the threads that wait for work, each with the share it
         #: holds a place of; ``None`` ends the thread that takes it.
-        self._jobs: queue.SimpleQueue[tuple[WorkItem, Workers] | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[WorkItem, Workers] | None] = queue.SimpleQueue()
         #: Threads waiting for work (or on their way to), less the items queued for them.
-        self._spare = 0
+        self.spare = 0
         #: The sum of the limits of the shares not shut down: what may run at once.
-        self._capacity = 0
+        self.capacity = 0
 
-    def _new_thread(self, item: WorkItem, workers: Workers) -> None:
+    def new_thread(self, item: WorkItem, workers: Workers) -> None:
         """Start a thread with ``item`` as its first work."""
         name = f"activity-worker-pool_{next(_thread_numbers)}"
         # A daemon: an abandoned call that never returns must not keep the process alive.
@@ -223,14 +223,14 @@ class WorkerPool:
     def _serve(self, item: WorkItem, workers: Workers) -> None:
         """A thread of the pool: run ``item``, then what comes, until idle too long."""
         worker_threads.serving = True
-        get = self._jobs.get
+        get = self.jobs.get
         while True:
             ran = item.execute()
-            with self._lock:
-                following = workers._next_queued()
-                stay = following is not None or self._spare < max(WORKER_IDLE_MAX, self._capacity)
+            with self.lock:
+                following = workers.next_queued()
+                stay = following is not None or self.spare < max(WORKER_IDLE_MAX, self.capacity)
                 if following is None and stay:
-                    self._spare += 1
+                    self.spare += 1
             # Counted free before telling: the call's end may submit the next item.
             if ran:
                 item.notify()
@@ -245,12 +245,12 @@ class WorkerPool:
                 try:
                     job = get(timeout=WORKER_IDLE_TIMEOUT)
                 except queue.Empty:
-                    with self._lock:
+                    with self.lock:
                         # With no spare thread, an item was queued for this one as it
                         # timed out: it stays to take it.
-                        leave = self._spare > 0
+                        leave = self.spare > 0
                         if leave:
-                            self._spare -= 1
+                            self.spare -= 1
                     if leave:
                         return
                 else:
@@ -262,7 +262,7 @@ class WorkerPool:
 
 
 #: The pool of the process.
-_shared_pool = WorkerPool()
+shared_pool = WorkerPool()
 
 
 class Workers:
@@ -291,18 +291,18 @@ class Workers:
     :param pool: the threads to share (default: the process's)
     """
 
-    __slots__ = ("_backlog", "_busy", "_open", "_pool", "limit")
+    __slots__ = ("backlog", "busy", "_open", "_pool", "limit")
 
     def __init__(self, limit: int, pool: WorkerPool | None = None) -> None:
         self.limit = limit
-        self._pool = pool = _shared_pool if pool is None else pool
+        self._pool = pool = shared_pool if pool is None else pool
         #: Items holding one of the places: handed to a thread, and not finished.
-        self._busy = 0
+        self.busy = 0
         #: Items waiting for a place, in submission order.
-        self._backlog: deque[WorkItem] = deque()
+        self.backlog: deque[WorkItem] = deque()
         self._open = True
-        with pool._lock:
-            pool._capacity += limit
+        with pool.lock:
+            pool.capacity += limit
 
     def submit(
         self,
@@ -323,48 +323,48 @@ class Workers:
             items runs (nothing is left counted then)
         """
         pool = self._pool
-        with pool._lock:
-            if self._busy >= self.limit:
-                self._backlog.append(item)
+        with pool.lock:
+            if self.busy >= self.limit:
+                self.backlog.append(item)
                 return
-            self._busy += 1
-            waiting = pool._spare > 0
+            self.busy += 1
+            waiting = pool.spare > 0
             if waiting:
-                pool._spare -= 1
+                pool.spare -= 1
         if waiting:
-            pool._jobs.put((item, self))
+            pool.jobs.put((item, self))
             return
         try:
-            pool._new_thread(item, self)
+            pool.new_thread(item, self)
         except BaseException:
             # No thread (the system's limit): a thread that ends one of the
             # share's other items takes this one; with none, nothing is left
             # counted and the caller is told.
-            with pool._lock:
-                self._busy -= 1
-                alone = self._busy == 0
+            with pool.lock:
+                self.busy -= 1
+                alone = self.busy == 0
                 if not alone:
-                    self._backlog.appendleft(item)  # it came before those queued
+                    self.backlog.appendleft(item)  # it came before those queued
             if alone:
                 raise
 
-    def _next_queued(self) -> WorkItem | None:
+    def next_queued(self) -> WorkItem | None:
         """A thread ended one of the items: the next queued one keeps its place, or it is free.
 
         Called with the pool's lock held.
         """
-        backlog = self._backlog
+        backlog = self.backlog
         while backlog:
             item = backlog.popleft()
             if not item.cancelled():
                 return item
-        self._busy -= 1
+        self.busy -= 1
         return None
 
     @property
     def idle(self) -> bool:
         """Whether no item of the share holds a thread (no abandoned call holds one)."""
-        return self._busy == 0
+        return self.busy == 0
 
     def shutdown(self) -> None:
         """Cancel the queued work, and end the idle threads that the pool no longer needs.
@@ -372,18 +372,18 @@ class Workers:
         The threads that run the share's items go back to the pool after.
         """
         pool = self._pool
-        with pool._lock:
-            queued = list(self._backlog)
-            self._backlog.clear()
+        with pool.lock:
+            queued = list(self.backlog)
+            self.backlog.clear()
             surplus = 0
             if self._open:
                 self._open = False
-                pool._capacity = max(0, pool._capacity - self.limit)
-                surplus = pool._spare - max(WORKER_IDLE_MAX, pool._capacity)
+                pool.capacity = max(0, pool.capacity - self.limit)
+                surplus = pool.spare - max(WORKER_IDLE_MAX, pool.capacity)
                 if surplus > 0:
-                    pool._spare -= surplus
+                    pool.spare -= surplus
         for _ in range(surplus):
-            pool._jobs.put(None)
+            pool.jobs.put(None)
         for item in queued:
             item.cancel()
 
@@ -392,7 +392,7 @@ def _forget_idle_pools() -> None:
     """In a forked child: the pool's threads stayed in the parent, and its locks and queue."""
     global _claim
     _claim = threading.Lock()
-    _shared_pool._reset()  # in place: the shares made before the fork use it
+    shared_pool.reset()  # in place: the shares made before the fork use it
 
 
 if hasattr(os, "register_at_fork"):

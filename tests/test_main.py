@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from activity import ActivityStatistics, CallStatus
-from activity.__main__ import _FLOOD_FACTOR, _Kind, _plan, _Report, main
+from activity.__main__ import FLOOD_FACTOR, Kind, Report, main, plan_items
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["demo", "--size", "300", "--queue", "20", "--concurrency", "5", "--no-progress"]
@@ -92,10 +92,10 @@ class TestDemo:
     def test_exit_code_1_when_counters_do_not_add_up(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        def problems(self: _Report) -> list[str]:
+        def problems(self: Report) -> list[str]:
             return ["simulated loss"]
 
-        monkeypatch.setattr(_Report, "problems", problems)
+        monkeypatch.setattr(Report, "problems", problems)
         assert main([*SMALL, "--json"]) == 1
         captured = capsys.readouterr()
         assert json.loads(captured.out)["ok"] is False
@@ -120,7 +120,7 @@ class TestDemo:
 
 class TestReport:
     def test_nothing_lost(self) -> None:
-        report = _Report(size=10, options={})
+        report = Report(size=10, options={})
         report.at_end_of_production = statistics(accepted=8, rejected=2, running=3, completed=5)
         report.final = statistics(accepted=8, rejected=2, completed=6, failed=1, cancelled=1)
         report.seen = Counter(
@@ -130,7 +130,7 @@ class TestReport:
         assert report.problems() == []
 
     def test_lost_call(self) -> None:
-        report = _Report(size=10, options={})
+        report = Report(size=10, options={})
         report.at_end_of_production = statistics(accepted=8, rejected=2, running=3, completed=5)
         report.final = statistics(accepted=8, rejected=2, completed=6, failed=1)
         report.seen = Counter({CallStatus.COMPLETED: 6, CallStatus.FAILED: 1})
@@ -140,7 +140,7 @@ class TestReport:
         ]
 
     def test_unobserved_failure_and_missing_item(self) -> None:
-        report = _Report(size=11, options={})
+        report = Report(size=11, options={})
         report.at_end_of_production = statistics(accepted=8, rejected=2, running=3, completed=5)
         report.final = statistics(accepted=8, rejected=2, completed=7, failed=1)
         report.seen = Counter({CallStatus.COMPLETED: 7, CallStatus.FAILED: 1})
@@ -149,36 +149,36 @@ class TestReport:
         assert "the error handler saw 0 failures, the activity counted 1" in problems
 
     def test_not_run(self) -> None:
-        assert _Report(size=1, options={}).problems() == ["the batch did not run to the end"]
+        assert Report(size=1, options={}).problems() == ["the batch did not run to the end"]
 
 
 class TestPlan:
     def test_same_seed_same_items(self) -> None:
-        assert _plan(500, 25, seed=1) == _plan(500, 25, seed=1)
-        assert _plan(500, 25, seed=1) != _plan(500, 25, seed=2)
+        assert plan_items(500, 25, seed=1) == plan_items(500, 25, seed=1)
+        assert plan_items(500, 25, seed=1) != plan_items(500, 25, seed=2)
 
     def test_mix(self) -> None:
-        plan = _plan(3000, 550, seed=0)
+        plan = plan_items(3000, 550, seed=0)
         assert len(plan) == 3000
         assert [item.index for item in plan] == list(range(3000))
         assert [item.at for item in plan] == sorted(item.at for item in plan)
         kinds = Counter(item.kind for item in plan)
-        assert set(kinds) == set(_Kind)
-        assert kinds[_Kind.IO] > len(plan) / 2
+        assert set(kinds) == set(Kind)
+        assert kinds[Kind.IO] > len(plan) / 2
         for item in plan:
-            if item.kind is _Kind.TIMEOUT:
+            if item.kind is Kind.TIMEOUT:
                 assert item.timeout is not None
                 assert item.timeout < item.seconds
-            if item.kind is _Kind.CANCEL:
+            if item.kind is Kind.CANCEL:
                 assert item.cancel_after is not None
                 assert item.cancel_after < item.seconds
 
     def test_floods_overflow_the_activity(self) -> None:
         capacity = 25
-        arrivals = Counter(item.at for item in _plan(300, capacity, seed=0))
+        arrivals = Counter(item.at for item in plan_items(300, capacity, seed=0))
         floods = [count for count in arrivals.values() if count > 1]
         assert floods
-        assert all(count >= capacity * _FLOOD_FACTOR[0] for count in floods)
+        assert all(count >= capacity * FLOOD_FACTOR[0] for count in floods)
 
 
 class TestCommandLine:

@@ -524,7 +524,7 @@ class TestAbandonedBeforeItStarts:
         at_door = threading.Event()
         go = threading.Event()
         passed = threading.Event()
-        real = _trio._handoff_lock
+        real = _trio.handoff_lock
 
         class SlowDoor:
             """Holds the worker thread at the hand-off until the call was cancelled."""
@@ -540,7 +540,7 @@ class TestAbandonedBeforeItStarts:
                 if threading.current_thread() is not loop_thread:
                     passed.set()
 
-        monkeypatch.setattr(_trio, "_handoff_lock", SlowDoor())
+        monkeypatch.setattr(_trio, "handoff_lock", SlowDoor())
         ran: list[int] = []
         async with Activity() as act:
             call = await act.asynchronous_call(ran.append, 1)

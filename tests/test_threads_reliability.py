@@ -242,13 +242,13 @@ class TestWorkerThreads:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         started: list[str] = []
-        new_thread = WorkerPool._new_thread
+        new_thread = WorkerPool.new_thread
 
         def counted(pool: WorkerPool, item: WorkItem, workers: Workers) -> None:
             started.append(f"limit {workers.limit}")
             new_thread(pool, item, workers)
 
-        monkeypatch.setattr(WorkerPool, "_new_thread", counted)
+        monkeypatch.setattr(WorkerPool, "new_thread", counted)
         async with Activity(thread_limit=3) as first:
             await first.synchronous_call(this_thread)
         del started[:]  # it may have started one: now at least one waits for work

@@ -35,10 +35,10 @@ class Told:
         self.all_told = threading.Event()
         self.expected = 1
         self._workers = workers
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def __call__(self, item: WorkItem) -> None:
-        with self._lock:
+        with self.lock:
             self.items.append(item)
             self.threads.append(threading.current_thread().name)
             if self._workers is not None:
@@ -72,8 +72,8 @@ def wait_until(condition: Callable[[], bool]) -> bool:
 
 def pool_threads(pool: WorkerPool) -> int:
     """How many of the pool's threads are idle, waiting for work."""
-    with pool._lock:
-        return pool._spare
+    with pool.lock:
+        return pool.spare
 
 
 class TestWorkItem:
@@ -192,9 +192,9 @@ class TestWorkItem:
         payload = object()
         item = workers.submit(run, id, (payload,), told)
         assert told.all_told.wait(WAIT)
-        assert item._fn is None
-        assert item._run is None
-        assert item._args == ()
+        assert item.fn is None
+        assert item.run is None
+        assert item.args == ()
 
 
 class TestWorkers:
@@ -215,8 +215,8 @@ class TestWorkers:
         for _ in range(3):
             assert running.acquire(timeout=WAIT)
         assert not running.acquire(timeout=0)  # the limit is 3: two wait in the share's queue
-        assert workers._busy == 3
-        assert len(workers._backlog) == 2
+        assert workers.busy == 3
+        assert len(workers.backlog) == 2
         assert not workers.idle
         release.set()
         assert told.all_told.wait(WAIT)
@@ -256,14 +256,14 @@ class TestWorkers:
         assert started.wait(WAIT)
         queued_told = Told()
         queued = workers.submit(run, ran.append, (1,), queued_told)  # the limit is 3: it waits
-        assert workers._busy == 3
+        assert workers.busy == 3
         assert queued.cancel()
         assert queued_told.items == [queued]  # told at once, from the cancelling thread
         release.set()
         assert told.all_told.wait(WAIT)
         assert all(item.done() for item in running)
         assert workers.idle  # the cancelled item took no place
-        assert not workers._backlog
+        assert not workers.backlog
         assert ran == []
 
     def test_shutdown_cancels_queued_work_and_the_thread_goes_back_to_the_pool(
@@ -385,7 +385,7 @@ class NoNewThreads(WorkerPool):
 
     __slots__ = ()
 
-    def _new_thread(self, item: WorkItem, workers: Workers) -> None:
+    def new_thread(self, item: WorkItem, workers: Workers) -> None:
         raise RuntimeError("can't start new thread")
 
 
@@ -396,7 +396,7 @@ class TestThreadsThatCannotStart:
         with pytest.raises(RuntimeError, match="new thread"):
             share.submit(run, id, (1,), Told())
         assert share.idle
-        assert not share._backlog
+        assert not share.backlog
         assert pool_threads(pool) == 0
 
     def test_the_shares_other_threads_take_the_work(self, pool: WorkerPool) -> None:
@@ -413,8 +413,8 @@ class TestThreadsThatCannotStart:
         assert started.wait(WAIT)
         pool.__class__ = NoNewThreads  # from now on, no thread can start (same slots)
         second = share.submit(run, abs, (-3,), second_told)  # queued, not refused
-        assert share._busy == 1
-        assert list(share._backlog) == [second]
+        assert share.busy == 1
+        assert list(share.backlog) == [second]
         release.set()
         assert first_told.all_told.wait(WAIT)
         assert second_told.all_told.wait(WAIT)
@@ -432,7 +432,7 @@ def test_a_forked_child_does_not_hand_work_to_the_parents_idle_threads() -> None
 
     # Used and idle in the parent: its threads wait on the pool's queue.
     assert asyncio.run(blocking_call()) == 7
-    assert pool_threads(_workers._shared_pool) >= 1
+    assert pool_threads(_workers.shared_pool) >= 1
     pid = os.fork()
     if pid == 0:  # the child: with the parent's threads counted it would wait forever
         code = 1

@@ -49,7 +49,7 @@ __all__ = ["TrioDispatcher"]
 
 #: Guards a hand-off's one contested step: its thread starting the body, or the loop
 #: abandoning it.
-_handoff_lock = threading.Lock()
+handoff_lock = threading.Lock()
 
 
 class _Handoff:
@@ -67,7 +67,7 @@ class _Handoff:
         self.abandoned = False
 
     def abandon(self) -> None:
-        with _handoff_lock:
+        with handoff_lock:
             if not self.started:
                 self.abandoned = True
 
@@ -76,7 +76,7 @@ def _boxed(
     handoff: _Handoff, run: Callable[..., Any], fn: Any, args: tuple[Any, ...]
 ) -> tuple[Any]:
     """``run(fn, *args)`` in one of anyio's worker threads, its result in a 1-tuple."""
-    with _handoff_lock:
+    with handoff_lock:
         if handoff.abandoned:
             return (None,)  # the call has ended already; nobody reads this
         handoff.started = True
