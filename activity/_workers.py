@@ -78,7 +78,7 @@ class WorkItem:
     coroutines, which cannot raise a ``StopIteration``.
     """
 
-    __slots__ = ("args", "_exception", "fn", "_on_done", "_result", "run", "_state")
+    __slots__ = ("_exception", "_on_done", "_result", "_state", "args", "fn", "run")
 
     def __init__(
         self,
@@ -291,7 +291,7 @@ class Workers:
     :param pool: the threads to share (default: the process's)
     """
 
-    __slots__ = ("backlog", "busy", "_open", "_pool", "limit")
+    __slots__ = ("_open", "_pool", "backlog", "busy", "limit")
 
     def __init__(self, limit: int, pool: WorkerPool | None = None) -> None:
         self.limit = limit
