@@ -15,6 +15,7 @@ from ._config import ActivityConfig as ActivityConfig
 from ._config import Binding as Binding
 from ._config import FailurePolicy as FailurePolicy
 from ._config import Inheritance as Inheritance
+from ._config import LocalScope as LocalScope
 from ._config import Overflow as Overflow
 from ._config import Synchronization as Synchronization
 from ._config import ThreadPool as ThreadPool
@@ -67,6 +68,7 @@ __all__ = (
     "HResult",
     "Inheritance",
     "InvalidArgumentError",
+    "LocalScope",
     "NotImplementedHResultError",
     "OutOfMemoryError",
     "Overflow",

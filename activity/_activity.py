@@ -9,6 +9,8 @@ core's coroutine itself, so that awaiting ``act.asynchronous_call(...)`` or
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import Token
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -24,13 +26,15 @@ from typing import (
 from . import _from_thread
 from ._call import BaseCall, CallStatus
 from ._context import SynchronizationDomain, frame_var
+from ._core import State
+from ._errors import ActivityError, InvalidArgumentError
 from ._lifecycle import Core
 from ._validate import check_services, make_config
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import Awaitable, Callable, Mapping
-    from types import TracebackType
+    from collections.abc import Awaitable, Callable, Generator, Mapping
+    from types import EllipsisType, TracebackType
 
     from ._config import ActivityConfig, ThreadPool
     from ._tracking import ActivityStatistics, PartitionStatistics
@@ -75,21 +79,43 @@ class Activity:
             call = await act.asynchronous_call(fetch, url)     # accepted, or rejected
             rows = await act.synchronous_call(parse, payload)  # the result
 
+    An activity that must outlive any one block (an application's, opened at
+    startup and closed at shutdown) is opened with :meth:`open` and closed
+    with :meth:`aclose` instead; code that runs on its behalf without being
+    its block makes it current with :meth:`as_current`.
+
     :param config: an :class:`ActivityConfig` (or a mapping of its fields)
+    :param parent: the activity this one belongs to: by default (``...``) the
+        activity current where it is entered or opened, if any; ``None`` makes
+        it a root. A child is cancelled with its parent and cannot outlive it.
     :param options: fields of :class:`ActivityConfig`, overriding ``config``'s
     :raises InvalidArgumentError: if an option is unknown or has a bad value
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``parent``, :meth:`open`, :meth:`aclose`, :meth:`as_current`
     """
 
     __slots__ = ("__weakref__", "_core")
 
     def __init__(
-        self, config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
+        self,
+        config: ActivityConfig | Mapping[str, Any] | None = None,
+        /,
+        *,
+        parent: Activity | EllipsisType | None = ...,
+        **options: Any,
     ) -> None:
+        if not (parent is ... or parent is None or isinstance(cast("object", parent), Activity)):
+            raise InvalidArgumentError(
+                f"parent must be an Activity, None or ..., got {parent!r}",
+                field="parent",
+                value=parent,
+            )
         config = make_config(config, options)
         check_services(config)
-        self._core = Core(config, self, Call)
+        core = self._core = Core(config, self, Call)
+        if parent is not ...:
+            core.requested_parent = None if parent is None else parent._core
 
     # -- properties -------------------------------------------------------------------
 
@@ -147,7 +173,7 @@ class Activity:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Activity:
-        await self._core.open()
+        await self._core.open(block=True)
         return self
 
     async def __aexit__(
@@ -157,6 +183,78 @@ class Activity:
         tb: TracebackType | None,
     ) -> None:
         await self._core.close(exc)
+
+    async def open(self) -> Activity:
+        """Open the activity without a block of its own; close it with :meth:`aclose`.
+
+        The activity takes work from the moment it is open, as inside ``async
+        with``, but the calling code does not run in it: ``current_activity()``
+        is unchanged there (use :meth:`as_current` for code that should). For
+        an activity whose life is not one block of code: an application's,
+        opened at startup and closed at shutdown, perhaps in other tasks.
+
+        :return: the activity
+        :raises ActivityError: if the activity was opened or entered before
+        :raises InvalidArgumentError: if its services cannot be had here
+
+        .. versionadded:: 0.2
+        """
+        await self._core.open(block=False)
+        return self
+
+    async def aclose(self) -> None:
+        """Close an activity opened with :meth:`open`, as leaving ``async with`` would.
+
+        Admission stops, the accepted work drains for up to ``shutdown_timeout``
+        seconds, what is left is cancelled, and the failures nobody observed are
+        raised, in an ``ExceptionGroup``. Closing a closed activity does nothing.
+
+        :raises ExceptionGroup: the failures nobody observed
+        :raises ActivityError: if the activity is the block of an ``async with``
+            (it closes when its block ends), or was never opened
+
+        .. versionadded:: 0.2
+        """
+        core = self._core
+        if core.state is State.CLOSED:
+            return
+        if core.token is not None:
+            raise ActivityError(
+                f"activity {core.name!r} was entered with 'async with': "
+                "it closes when its block ends"
+            )
+        await core.close(None)
+
+    @contextmanager
+    def as_current(self) -> Generator[Activity]:
+        """Run the enclosed code in this open activity, as its block would.
+
+        Inside, ``current_activity()`` is this activity, ``ActivityLocal`` values
+        are its own, and activities entered there become its children. For code
+        that acts for an activity without being its ``async with`` block: the
+        startup code of an application whose activity was opened with
+        :meth:`open`, a callback, a request handler that opens a child. The code
+        runs in the caller's task, as the block's does.
+
+        :raises WrongThreadError: if called from another thread or loop than the activity's
+        :raises ActivityClosedError: if the activity is not open
+
+        .. versionadded:: 0.2
+        """
+        core = self._core
+        core.check_open_or_cancelled()
+        token = frame_var.set(core)
+        try:
+            yield self
+        finally:
+            try:
+                frame_var.reset(token)
+            except ValueError:
+                # Left in another context than it was entered in: undo only what
+                # is ours there.
+                if frame_var.get() is core:
+                    old = token.old_value
+                    frame_var.set(None if old is Token.MISSING else old)
 
     def cancel(self, reason: str | None = None) -> None:
         """Cancel every accepted call and stop admission.

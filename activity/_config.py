@@ -19,6 +19,7 @@ __all__ = [
     "Binding",
     "FailurePolicy",
     "Inheritance",
+    "LocalScope",
     "Overflow",
     "Synchronization",
     "ThreadPool",
@@ -32,6 +33,21 @@ class Overflow(enum.Enum):
     REJECT = "reject"
     #: Wait up to ``admission_timeout`` for a place in the queue, then reject.
     WAIT = "wait"
+
+
+class LocalScope(enum.Enum):
+    """Where the ``ActivityLocal`` values of an activity's calls live."""
+
+    #: In the activity: every call reads and writes the activity's one table (and
+    #: reads, where it has no value, what the activity the work came from has).
+    ACTIVITY = "activity"
+    #: In each call: a call accepted from outside the activity starts with a copy
+    #: of the values its submitter sees, over the activity's own, and what it sets
+    #: stays with it and with the work it starts in the activity. For a
+    #: long-lived activity that runs work for many requests or tenants: no call
+    #: sees what another one set. The activity's block (its startup code) keeps
+    #: writing the activity's own table.
+    CALL = "call"
 
 
 class FailurePolicy(enum.Enum):
@@ -151,6 +167,9 @@ class ActivityConfig(BaseModel):
     #: Activities that name the same partition share one admission budget (running and
     #: pending), so a burst in one partition cannot starve another.
     partition: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Where the calls' ``ActivityLocal`` values live: the activity's one table, or
+    #: a table per call seeded from what its submitter sees.
+    local_scope: LocalScope = LocalScope.ACTIVITY
 
     @property
     def effective_synchronization(self) -> Synchronization:
@@ -238,5 +257,6 @@ for _obj in (
     ThreadPool,
     Binding,
     Inheritance,
+    LocalScope,
 ):
     _obj.__module__ = "activity"

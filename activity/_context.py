@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
     from ._call import Event
 
-__all__ = ["ActivityLocal", "Frame", "LocalsHost", "SynchronizationDomain", "frame_var"]
+__all__ = [
+    "ActivityLocal",
+    "CallLocals",
+    "Frame",
+    "LocalsHost",
+    "SynchronizationDomain",
+    "call_values",
+    "frame_var",
+    "visible_values",
+]
 
 T = TypeVar("T")
 
@@ -58,6 +67,93 @@ class Frame(Protocol):
 
 
 frame_var: Final[ContextVar[Frame | None]] = ContextVar("activity.frame", default=None)
+
+
+#: The table of ``ActivityLocal`` values of the call whose context this is, in an
+#: activity with ``LocalScope.CALL``: (the activity's core, the table).
+call_values: Final[ContextVar[tuple[object, dict[Any, Any]] | None]] = ContextVar(
+    "activity.call_values", default=None
+)
+
+
+@final
+class CallLocals(dict[Any, Any]):
+    """The ``ActivityLocal`` table of an activity with ``LocalScope.CALL``.
+
+    It reads and writes the table of the call whose context this is (every
+    task, thread and call that call starts carries the same context, so the
+    same table); code that belongs to no call of the activity (its block, its
+    startup code) uses the activity's own.
+    """
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: object) -> None:
+        super().__init__()
+        #: The core whose table this is: another activity's call table is not ours.
+        self.owner = owner
+
+    def _own(self) -> dict[Any, Any] | None:
+        own = call_values.get()
+        return None if own is None or own[0] is not self.owner else own[1]
+
+    def get(self, key: Any, default: Any = None, /) -> Any:
+        own = self._own()
+        return super().get(key, default) if own is None else own.get(key, default)
+
+    def __getitem__(self, key: Any, /) -> Any:
+        own = self._own()
+        return super().__getitem__(key) if own is None else own[key]
+
+    def __contains__(self, key: object, /) -> bool:
+        own = self._own()
+        return super().__contains__(key) if own is None else key in own
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        own = self._own()
+        if own is None:
+            super().__setitem__(key, value)
+        else:
+            own[key] = value
+
+    def __delitem__(self, key: Any, /) -> None:
+        own = self._own()
+        if own is None:
+            super().__delitem__(key)
+        else:
+            del own[key]
+
+    def own_values(self) -> dict[Any, Any]:
+        """A copy of the activity's own table, whatever the context."""
+        return dict(super().items())
+
+    def current(self) -> dict[Any, Any]:
+        """The table this context uses: its call's, else (a copy of) the activity's."""
+        own = self._own()
+        return self.own_values() if own is None else own
+
+
+def visible_values(frame: Frame | None, host: LocalsHost) -> dict[Any, Any]:
+    """The table a call of ``host`` submitted from ``frame`` starts with (``LocalScope.CALL``).
+
+    What the submitting code sees, taken in the order ``ActivityLocal.get``
+    looks (its activity, then the ones the work came from), so that the
+    nearest value wins, over ``host``'s own values, so that a value set by the
+    activity's startup code never hides the submitter's. A copy rather than a
+    link: a chain of calls that start calls holds no finished one alive.
+    """
+    layers: list[dict[Any, Any]] = []
+    if frame is not None:
+        layers.append(frame.host.locals)
+        origin = frame.origin
+        while origin is not None:
+            layers.append(origin.locals)
+            origin = origin.origin
+    own = host.locals
+    values = own.own_values() if isinstance(own, CallLocals) else dict(own)
+    for table in reversed(layers):
+        values.update(table.current() if isinstance(table, CallLocals) else table)
+    return values
 
 
 class SynchronizationDomain:

@@ -29,8 +29,8 @@ import anyio
 
 from ._admission import Admission
 from ._call import BaseCall, CallStatus, Counters, InlineCall
-from ._config import ActivityConfig, FailurePolicy, ThreadPool
-from ._context import Frame, frame_var
+from ._config import ActivityConfig, FailurePolicy, LocalScope, ThreadPool
+from ._context import CallLocals, Frame, frame_var
 from ._errors import ActivityClosedError, WrongThreadError
 from ._tracking import ActivityStatistics, PartitionStatistics
 
@@ -82,6 +82,7 @@ class CoreState:
         "apartment",
         "bound_to_loop",
         "call_class",
+        "calls_own_locals",
         "cancel_reason",
         "causality",
         "children",
@@ -105,6 +106,7 @@ class CoreState:
         "origin",
         "overflow",
         "parent",
+        "requested_parent",
         "running_calls",
         "state",
         "thread_id",
@@ -137,10 +139,15 @@ class CoreState:
         self.thread_id = 0
         self.token: Token[Frame | None] | None = None
         self.parent: CoreState | None = None
+        #: The parent asked for at creation: a core, None (a root), or ... (the
+        #: activity current where it is opened).
+        self.requested_parent: object = ...
         #: Where the activity's frames look for locals it lacks (the services add
         #: inheritance from the parent here).
         self.origin: CoreState | None = None
-        self.locals: dict[Any, Any] = {}
+        #: LocalScope.CALL: each call from outside has a table of its own (see _context).
+        self.calls_own_locals = config.local_scope is LocalScope.CALL
+        self.locals: dict[Any, Any] = CallLocals(self) if self.calls_own_locals else {}
         self.running_calls: set[BaseCall[Any]] = set()
         #: Synchronous calls running inline in their callers' tasks, not yet Calls.
         self.inline_calls: set[InlineCall] = set()

@@ -42,18 +42,26 @@ class Core(Synchronous):
 
     __slots__ = ()
 
-    async def open(self) -> None:
-        """Enter the activity (``async with``): resolve its services, pick its backend."""
+    async def open(self, block: bool) -> None:
+        """Open the activity: resolve its services, pick its backend.
+
+        :param block: whether the calling code becomes the activity's block
+            (``async with``), or the activity is opened without one (``open()``)
+        """
         if self.state is not State.NEW:
             raise ActivityError(f"activity {self.name!r} can be entered only once")
         outer = frame_var.get()
-        parent = None if outer is None else cast("Core", outer.host)
+        wanted = self.requested_parent
+        if wanted is ...:
+            parent = None if outer is None else cast("Core", outer.host)
+        else:
+            parent = cast("Core | None", wanted)
         new_domain = self.resolve_services(parent)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             dispatcher = TrioDispatcher(self, self.apartment)
-            await dispatcher.open()
+            await dispatcher.open(detached=not block)
             self.dispatcher = dispatcher
         else:
             self.dispatcher = AsyncioDispatcher(self, loop, self.apartment)
@@ -65,10 +73,11 @@ class Core(Synchronous):
         self.parent = parent
         if parent is not None:
             parent.children.add(self)
-        # Entered inside a call, the block goes on with that call's chain (causality).
-        self.causality = None if outer is None else outer.causality
-        self.token = frame_var.set(self)
-        self.fast_sync = self.domain is None and self.timeout is None
+        if block:
+            # Entered inside a call, the block goes on with that call's chain (causality).
+            self.causality = None if outer is None else outer.causality
+            self.token = frame_var.set(self)
+        self.fast_sync = self.domain is None and self.timeout is None and not self.calls_own_locals
         self.state = OPEN
         _tracking.live.add(self.activity)
         if _tracking.listeners:
@@ -79,7 +88,7 @@ class Core(Synchronous):
         state = self.state
         if state is State.NEW:
             raise ActivityError(
-                f"activity {self.name!r} was never entered: __aexit__ without __aenter__"
+                f"activity {self.name!r} was never entered (or opened): nothing to close"
             )
         if state is State.CLOSED or state is State.CLOSING or state is State.DRAINING:
             raise ActivityError(f"activity {self.name!r} has been left already")

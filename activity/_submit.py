@@ -19,7 +19,7 @@ from . import _tracking
 from ._admission import Waiter
 from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, BaseCall, Kind
 from ._config import Overflow
-from ._context import Frame, frame_var
+from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
 from ._errors import AsyncWorkRejectedError
 from ._tracking import EventKind
@@ -139,13 +139,16 @@ class Submitting(CoreState):
             # The frame is set when the call starts (_launch): a queued call holds
             # no context node of its own (120 bytes, and one object fewer for the
             # garbage collector to traverse while the backlog waits).
-            call.context = copy_context()
-            return call
-        # Set, copy, reset: the copy sees the call as its frame, the submitter does
-        # not, and it costs half of setting the variable through Context.run().
-        token = frame_var.set(call)
-        call.context = copy_context()
-        frame_var.reset(token)
+            context = call.context = copy_context()
+        else:
+            # Set, copy, reset: the copy sees the call as its frame, the submitter
+            # does not, and it costs half of setting the variable through Context.run().
+            token = frame_var.set(call)
+            context = call.context = copy_context()
+            frame_var.reset(token)
+        if self.calls_own_locals and (frame is None or frame.host is not self):
+            # LocalScope.CALL: work from outside starts a table of values of its own.
+            context.run(call_values.set, (self, visible_values(frame, self)))
         return call
 
     def origin_of(self, frame: Frame | None) -> Any:

@@ -38,6 +38,8 @@ from ._common import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
+    import trio
+
     from .._apartment import Apartment
     from .._call import BaseCall, Event
     from .._context import Frame
@@ -99,6 +101,7 @@ class TrioDispatcher:
     __slots__ = (
         "_apartment",
         "_current_time",
+        "_detached",
         "_limiter",
         "_nursery",
         "_nursery_manager",
@@ -126,11 +129,44 @@ class TrioDispatcher:
         self._trio_token = trio.lowlevel.current_trio_token()
         self._task_name = f"activity {activity.name!r} call"
         self._start_soon: Callable[..., None] | None = None
+        #: For a detached nursery (Activity.open()): (close it now, it has closed).
+        self._detached: tuple[trio.Event, trio.Event] | None = None
 
-    async def open(self) -> None:
-        nursery = self._nursery = await self._nursery_manager.__aenter__()
+    async def open(self, detached: bool = False) -> None:
+        """Open the nursery the calls run in.
+
+        :param detached: whether the nursery belongs to a system task of its own
+            (``Activity.open()``, which any task may close later) rather than to
+            the opening task (``async with``: trio's nurseries belong to a task)
+        """
+        if detached:
+            import trio
+
+            opened = trio.Event()
+            self._detached = (trio.Event(), trio.Event())  # close now, closed
+            trio.lowlevel.spawn_system_task(self._hold_nursery, opened, name=self._task_name)
+            await opened.wait()
+            return
+        self._started(await self._nursery_manager.__aenter__())
+
+    def _started(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
         # One name for every call task: trio would otherwise format one per task.
         self._start_soon = functools.partial(nursery.start_soon, name=self._task_name)
+
+    async def _hold_nursery(self, opened: trio.Event) -> None:
+        """The system task that owns a detached activity's nursery until it closes."""
+        import trio
+
+        assert self._detached is not None
+        close_now, closed = self._detached
+        try:
+            async with trio.open_nursery() as nursery:
+                self._started(nursery)
+                opened.set()
+                await close_now.wait()
+        finally:
+            closed.set()
 
     def new_event(self) -> Event:
         return anyio.Event()
@@ -345,6 +381,12 @@ class TrioDispatcher:
         trio.lowlevel.spawn_system_task(fn, context=context)
 
     async def aclose(self) -> None:
+        if self._detached is not None:
+            close_now, closed = self._detached
+            close_now.set()
+            with anyio.CancelScope(shield=True):
+                await closed.wait()
+            return
         try:
             await self._nursery_manager.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
