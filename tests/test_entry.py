@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from activity import (
@@ -28,31 +29,28 @@ class TestParent:
     async def test_an_explicit_parent_is_the_parent_wherever_it_is_entered(self) -> None:
         async with Activity(name="app") as app:
             pass_through = Activity(name="other")
-            async with pass_through:
-                async with Activity(name="request", parent=app) as request:
-                    assert request.parent is app
-                    assert request in app.children
-                    assert request not in pass_through.children
+            async with pass_through, Activity(name="request", parent=app) as request:
+                assert request.parent is app
+                assert request in app.children
+                assert request not in pass_through.children
 
     async def test_none_makes_a_root_inside_another_activity(self) -> None:
-        async with Activity(name="outer") as outer:
-            async with Activity(parent=None) as root:
-                assert root.parent is None
-                assert root not in outer.children
-                assert current_activity() is root
+        async with Activity(name="outer") as outer, Activity(parent=None) as root:
+            assert root.parent is None
+            assert root not in outer.children
+            assert current_activity() is root
 
     async def test_the_default_is_the_current_activity(self) -> None:
         async with Activity() as outer, Activity() as inner:
             assert inner.parent is outer
 
     async def test_a_child_with_an_explicit_parent_is_cancelled_with_it(self) -> None:
-        async with Activity(name="app") as app:
-            async with Activity(parent=app) as child:
-                call = await child.asynchronous_call(anyio.sleep_forever)
-                app.cancel("stop")
-                with anyio.fail_after(LIMIT):
-                    await call.wait()
-                assert call.status is CallStatus.CANCELLED
+        async with Activity(name="app") as app, Activity(parent=app) as child:
+            call = await child.asynchronous_call(anyio.sleep_forever)
+            app.cancel("stop")
+            with anyio.fail_after(LIMIT):
+                await call.wait()
+            assert call.status is CallStatus.CANCELLED
 
     def test_a_parent_that_is_not_an_activity_is_refused(self) -> None:
         with pytest.raises(InvalidArgumentError, match="parent must be an Activity") as info:
@@ -167,7 +165,7 @@ class TestCallScope:
         async def job(name: str) -> tuple[str, str]:
             seen = tenant.get()
             tenant.set(name)  # stays with this call
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             return seen, tenant.get()
 
         async with Activity(name="app", local_scope=LocalScope.CALL) as app:
@@ -211,10 +209,9 @@ class TestCallScope:
             tenant.set("outer-call")
             return await act.synchronous_call(inner)
 
-        async with Activity(local_scope=LocalScope.CALL) as app:
-            async with Activity(parent=None):
-                tenant.set("request")
-                assert await app.synchronous_call(outer, app) == "outer-call"
+        async with Activity(local_scope=LocalScope.CALL) as app, Activity(parent=None):
+            tenant.set("request")
+            assert await app.synchronous_call(outer, app) == "outer-call"
 
     async def test_an_activity_scoped_activity_shares_one_table(self) -> None:
         async def job(name: str) -> None:
