@@ -30,15 +30,17 @@ import anyio
 
 from .._activity import Activity
 from .._backends._common import drive_in_context
-from .._config import ActivityConfig
 from .._context import ActivityLocal
 from .._context import frame_var as _frame
-from .._errors import ActivityClosedError, ActivityError, InvalidArgumentError
+from .._errors import ActivityClosedError, ActivityError
 from ._request import APP_ACTIVITY, REQUEST, REQUEST_ACTIVITY, RequestInfo, app_statistics
-from .problem import ProblemDetails, _normalize_status_map, _problem
+from .problem import ProblemDetails, problem_details
 
 if TYPE_CHECKING:
     from .._activity import Call
+    from .._config import ActivityConfig
+    from .._core import CoreState
+    from ._options import WebOptions
 
 #: An ASGI connection scope (the same shape as Starlette's, so the types agree).
 Scope = MutableMapping[str, Any]
@@ -60,6 +62,12 @@ _logger = logging.getLogger("activity.integrations")
 # A request id taken from a client is echoed back and logged: keep it short and printable.
 _VALID_REQUEST_ID: Final = re.compile(r"[\x21-\x7e]{1,128}")
 _MAX_NAME: Final = 200
+
+
+def core_of(app: Activity) -> CoreState:
+    """The core behind an activity's public face: what frames and ``ActivityLocal`` use."""
+    return app._core  # pyright: ignore[reportPrivateUsage]
+
 
 #: The background work of a request that a server without lifespan waits for.
 JOBS: Final = ActivityLocal["Jobs | None"]("activity.integrations.jobs", default=None)
@@ -164,7 +172,7 @@ def visible_locals(app: Activity) -> dict[Any, Any]:
         while origin is not None:
             layers.append(origin.locals)
             origin = origin.origin
-    table = app._core.locals
+    table = core_of(app).locals
     values = table.app_values() if isinstance(table, AppLocals) else dict(table)
     for layer in reversed(layers):
         values.update(layer.current() if isinstance(layer, AppLocals) else layer)
@@ -192,24 +200,6 @@ class Jobs:
 
 
 # -- hosting the app activity ----------------------------------------------------------------
-
-
-def config_of(
-    options: ActivityConfig | Mapping[str, Any] | None, default_name: str | None, field: str
-) -> ActivityConfig:
-    if options is None:
-        return ActivityConfig(name=default_name)
-    if isinstance(options, ActivityConfig):
-        if options.name is None and default_name is not None:
-            return options.with_options({"name": default_name})
-        return options
-    if isinstance(options, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance]
-        return ActivityConfig(**{"name": default_name, **options})
-    raise InvalidArgumentError(
-        f"{field} must be an ActivityConfig, a mapping of its fields or None, got {options!r}",
-        field=field,
-        value=options,
-    )
 
 
 @final
@@ -256,7 +246,7 @@ class AppHost:
         opening = self._opening = anyio.Event()
         try:
             act = Activity(self.config)
-            act._core.locals = AppLocals()
+            core_of(act).locals = AppLocals()
             # An empty context: the app activity is a root, and nothing of the task
             # that happens to open it (the first request's, say) sticks to it.
             context = contextvars.Context()
@@ -334,66 +324,11 @@ class AppHost:
 class WebRuntime:
     """What every integration shares: the settings, the app host, the request activities."""
 
-    __slots__ = (
-        "echo_request_id",
-        "host",
-        "problem_details",
-        "request_config",
-        "request_id_header",
-        "retry_after",
-        "statistics_path",
-        "status_map",
-    )
+    __slots__ = ("host", "options")
 
-    def __init__(
-        self,
-        *,
-        app_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_id_header: str | None = "x-request-id",
-        echo_request_id: bool = True,
-        problem_details: bool = True,
-        status_map: Mapping[int, int] | None = None,
-        retry_after: int = 1,
-        statistics_path: str | None = None,
-    ) -> None:
-        self.host = AppHost(config_of(app_options, "app", "app_options"))
-        self.request_config = config_of(request_options, None, "request_options")
-        if request_id_header is not None and (
-            not isinstance(request_id_header, str)  # pyright: ignore[reportUnnecessaryIsInstance]
-            or not request_id_header
-        ):
-            raise InvalidArgumentError(
-                f"request_id_header must be a header name or None, got {request_id_header!r}",
-                field="request_id_header",
-                value=request_id_header,
-            )
-        self.request_id_header = None if request_id_header is None else request_id_header.lower()
-        self.echo_request_id = bool(echo_request_id)
-        self.problem_details = bool(problem_details)
-        self.status_map = _normalize_status_map(status_map)
-        if (
-            isinstance(retry_after, bool)
-            or not isinstance(retry_after, int)  # pyright: ignore[reportUnnecessaryIsInstance]
-            or retry_after < 0
-        ):
-            raise InvalidArgumentError(
-                f"retry_after must be a non-negative whole number of seconds, got {retry_after!r}",
-                field="retry_after",
-                value=retry_after,
-            )
-        self.retry_after = retry_after
-        if statistics_path is not None and (
-            not isinstance(statistics_path, str)  # pyright: ignore[reportUnnecessaryIsInstance]
-            or not statistics_path.startswith("/")
-        ):
-            raise InvalidArgumentError(
-                "statistics_path must be a path starting with '/' or None, "
-                f"got {statistics_path!r}",
-                field="statistics_path",
-                value=statistics_path,
-            )
-        self.statistics_path = statistics_path
+    def __init__(self, options: WebOptions) -> None:
+        self.options = options
+        self.host = AppHost(options.app_config)
 
     def request_id(self, supplied: str | None) -> str:
         """The client's request id if it is a sane one, else a new one."""
@@ -402,7 +337,7 @@ class WebRuntime:
         return uuid.uuid4().hex
 
     def request_id_of_scope(self, scope: Scope) -> str:
-        wanted = self.request_id_header
+        wanted = self.options.request_id_header
         if wanted is not None:
             encoded = wanted.encode("latin-1")
             for name, value in scope.get("headers") or ():
@@ -420,13 +355,13 @@ class WebRuntime:
             server without lifespan
         """
         app = await self.host.open(lazily=True)
-        config = self.request_config
+        config = self.options.request_config
         if config.name is None:
             config = config.with_options({"name": f"{info.method} {info.path}"[:_MAX_NAME]})
         # The request activity's parent is the activity current where it is entered;
         # the app activity is current in no request's task (it lives in a context of
         # its own), so it is made current for the entering alone.
-        token = _frame.set(app._core)
+        token = _frame.set(core_of(app))
         try:
             async with Activity(config) as request:
                 REQUEST.set(info)
@@ -439,11 +374,12 @@ class WebRuntime:
             _frame.reset(token)
 
     def problem(self, exc: ActivityError, info: RequestInfo | None) -> ProblemDetails:
-        return _problem(
-            self.status_map,
+        """The problem document that answers ``exc``, with this application's statuses."""
+        return problem_details(
             exc,
-            None if info is None else info.path,
-            None if info is None else info.request_id,
+            status_map=self.options.statuses,
+            instance=None if info is None else info.path,
+            request_id=None if info is None else info.request_id,
         )
 
     async def statistics(self) -> bytes:
@@ -460,7 +396,7 @@ def make_current(app: Activity) -> contextvars.Token[Any]:
     For the application's lifespan: its startup code (a lifespan context, startup
     hooks) can then reach the app activity and hand it work that outlives startup.
     """
-    return _frame.set(app._core)
+    return _frame.set(core_of(app))
 
 
 def restore(token: contextvars.Token[Any]) -> None:
@@ -566,12 +502,13 @@ async def handle_connection(
     web: WebRuntime, app: ASGIApp, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Run one HTTP request or WebSocket connection in a request activity."""
+    options = web.options
     request_id = web.request_id_of_scope(scope)
     info = RequestInfo.from_scope(scope, request_id)
     response = _Response()
     echo: tuple[bytes, bytes] | None = None
-    if web.echo_request_id and web.request_id_header is not None:
-        echo = (web.request_id_header.encode("latin-1"), request_id.encode("latin-1"))
+    if options.echo_request_id and options.request_id_header is not None:
+        echo = (options.request_id_header.encode("latin-1"), request_id.encode("latin-1"))
 
     async def send_wrapper(message: Message) -> None:
         kind = message["type"]
@@ -588,7 +525,7 @@ async def handle_connection(
             response.closed = True
         await send(message)
 
-    if web.statistics_path is not None and info.type == "http" and info.path == web.statistics_path:
+    if info.type == "http" and info.path == options.statistics_path:
         try:
             await _send_statistics(web, info, send_wrapper)
         except ActivityError as exc:
@@ -619,7 +556,7 @@ async def _answer(
     web: WebRuntime, exc: ActivityError, info: RequestInfo, response: _Response, send: Send
 ) -> None:
     """Answer an ActivityError that escaped the application, or re-raise it."""
-    if not web.problem_details:
+    if not web.options.problem_details:
         raise exc
     problem = web.problem(exc, info)
     if info.type == "websocket":
@@ -634,7 +571,7 @@ async def _answer(
         body = problem.body()
         headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in problem.headers(web.retry_after)
+            for name, value in problem.headers(web.options.retry_after)
         ]
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
         await send({"type": "http.response.start", "status": problem.status, "headers": headers})

@@ -26,8 +26,8 @@ cancelled, counted in the app activity's statistics.
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, TypeVar, TypeVarTuple, overload
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar, TypeVarTuple, Unpack, overload
 
 try:
     from aiohttp import web
@@ -37,8 +37,8 @@ except ImportError:
     ) from None
 
 from .._activity import Activity, Call
-from .._config import ActivityConfig
 from .._errors import ActivityError
+from ._options import WebKeywords, WebOptions
 from ._web import WebRuntime, hand_off
 from .asgi import (
     DEFAULT_STATUS_MAP,
@@ -85,25 +85,16 @@ _REQUEST_KEY: Final[Any] = (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def setup(
-    app: web.Application,
-    *,
-    app_options: ActivityConfig | Mapping[str, Any] | None = None,
-    request_options: ActivityConfig | Mapping[str, Any] | None = None,
-    request_id_header: str | None = "x-request-id",
-    echo_request_id: bool = True,
-    problem_details: bool = True,
-    status_map: Mapping[int, int] | None = None,
-    retry_after: int = 1,
-    statistics_path: str | None = None,
-) -> None:
+def setup(app: web.Application, **options: Unpack[WebKeywords]) -> None:
     """Give an aiohttp application an app activity and a request activity per request.
 
     It adds the outermost middleware, opens the app activity first thing at
     startup and drains it first thing at cleanup (with its
     ``shutdown_timeout``), after in-flight requests finished but before the
-    application's cleanup contexts close what background work uses. The
-    options are those of :class:`activity.integrations.asgi.ActivityMiddleware`.
+    application's cleanup contexts close what background work uses.
+
+    The options are the fields of :class:`activity.integrations.asgi.WebOptions`,
+    as for :class:`activity.integrations.asgi.ActivityMiddleware`.
 
     :param app: the application, before it starts
     :raises InvalidArgumentError: if an option has a bad value
@@ -113,16 +104,7 @@ def setup(
     """
     if _WEB_KEY in app:
         raise RuntimeError("activity.integrations.aiohttp.setup() was already called for this app")
-    plugin = WebRuntime(
-        app_options=app_options,
-        request_options=request_options,
-        request_id_header=request_id_header,
-        echo_request_id=echo_request_id,
-        problem_details=problem_details,
-        status_map=status_map,
-        retry_after=retry_after,
-        statistics_path=statistics_path,
-    )
+    plugin = WebRuntime(WebOptions(**options))
     app[_WEB_KEY] = plugin
     app.middlewares.insert(0, _activity_middleware)
 
@@ -134,6 +116,7 @@ def setup(
 
     app.on_startup.insert(0, open_app_activity)
     app.on_cleanup.insert(0, close_app_activity)
+    statistics_path = plugin.options.statistics_path
     if statistics_path is not None:
 
         async def activity_statistics(request: web.Request) -> web.Response:
@@ -269,9 +252,10 @@ def _request_info(request: web.Request, request_id: str) -> RequestInfo:
 @web.middleware
 async def _activity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     plugin = request.config_dict[_WEB_KEY]
-    if request.path == plugin.statistics_path:
+    options = plugin.options
+    if request.path == options.statistics_path:
         return await handler(request)  # looking at the requests is not one of them
-    header = plugin.request_id_header
+    header = options.request_id_header
     request_id = plugin.request_id(None if header is None else request.headers.get(header))
     info = _request_info(request, request_id)
     try:
@@ -279,15 +263,15 @@ async def _activity_middleware(request: web.Request, handler: Handler) -> web.St
             request[_REQUEST_KEY] = activity
             response = await handler(request)
     except ActivityError as exc:
-        if not plugin.problem_details:
+        if not options.problem_details:
             raise
         problem = plugin.problem(exc, info)
         if problem.status == 500:
             # Answered, and reported as a server error is: with its traceback.
             _logger.error("%s %s failed", request.method, request.path, exc_info=exc)
         response = web.Response(
-            status=problem.status, body=problem.body(), headers=problem.headers(plugin.retry_after)
+            status=problem.status, body=problem.body(), headers=problem.headers(options.retry_after)
         )
-    if plugin.echo_request_id and header is not None and not response.prepared:
+    if options.echo_request_id and header is not None and not response.prepared:
         response.headers.setdefault(header, request_id)
     return response

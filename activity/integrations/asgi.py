@@ -56,6 +56,11 @@ untouched::
 
     app = ActivityMiddleware(app, app_options={"max_concurrency": 50})
 
+The middleware's options, which every framework plugin takes too, are the
+fields of :class:`WebOptions`, declared there once with their defaults and
+documentation; the entry points take them as keywords typed
+``**options: Unpack[WebKeywords]``, so that editors complete them.
+
 .. versionadded:: 0.1
 """
 
@@ -64,6 +69,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, cast, final, overload
 
+from ._options import WebKeywords, WebOptions
 from ._request import (
     APP_ACTIVITY,
     AppStatistics,
@@ -100,7 +106,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from .._activity import Activity, Call
-    from .._config import ActivityConfig
 
 __all__ = [
     "DEFAULT_STATUS_MAP",
@@ -114,6 +119,8 @@ __all__ = [
     "RequestInfo",
     "Scope",
     "Send",
+    "WebKeywords",
+    "WebOptions",
     "app_activity_of_scope",
     "app_statistics",
     "current_app_activity",
@@ -211,25 +218,10 @@ class ActivityMiddleware:
     ``"activity.request_activity"`` and ``"activity.app_activity"``.
 
     :param app: the ASGI application to wrap
-    :param app_options: the app activity's :class:`~activity.ActivityConfig` (or a
-        mapping of its fields); its ``max_concurrency`` and ``max_pending`` bound the
-        background work, its ``shutdown_timeout`` the drain at shutdown, and its
-        ``error_handler`` observes background failures (default name ``"app"``)
-    :param request_options: the config of every request activity (default name:
-        the method and path)
-    :param request_id_header: the header a client's request id is taken from (one is
-        generated when it is absent or not 1-128 printable ASCII characters);
-        ``None`` to always generate
-    :param echo_request_id: whether the response carries the request id in that header
-    :param problem_details: whether an :class:`~activity.ActivityError` that escapes
-        the application before the response started is answered with a problem
-        document (a WebSocket is closed with 1013 for a 503, else 1011)
-    :param status_map: HRESULT to HTTP status pairs that override
-        :data:`DEFAULT_STATUS_MAP`; a code no map names answers 500, and a 500 is
-        re-raised after the answer so that the server reports it
-    :param retry_after: the ``Retry-After`` seconds of a 503
-    :param statistics_path: a path (such as ``"/_activity/stats"``) where ``GET`` returns
-        :class:`AppStatistics` as JSON; ``None`` (the default) serves none
+    :param options: the fields of :class:`WebOptions`: ``app_options`` and
+        ``request_options`` (the activities' configs), ``request_id_header``,
+        ``echo_request_id``, ``problem_details``, ``status_map``, ``retry_after``
+        and ``statistics_path``
     :raises InvalidArgumentError: if an option has a bad value
 
     .. versionadded:: 0.1
@@ -237,30 +229,9 @@ class ActivityMiddleware:
 
     __slots__ = ("_web", "app")
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        app_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_id_header: str | None = "x-request-id",
-        echo_request_id: bool = True,
-        problem_details: bool = True,
-        status_map: Mapping[int, int] | None = None,
-        retry_after: int = 1,
-        statistics_path: str | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, **options: Unpack[WebKeywords]) -> None:
         self.app = app
-        self._web = WebRuntime(
-            app_options=app_options,
-            request_options=request_options,
-            request_id_header=request_id_header,
-            echo_request_id=echo_request_id,
-            problem_details=problem_details,
-            status_map=status_map,
-            retry_after=retry_after,
-            statistics_path=statistics_path,
-        )
+        self._web = WebRuntime(WebOptions(**options))
 
     @property
     def app_activity(self) -> Activity | None:

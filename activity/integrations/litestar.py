@@ -31,7 +31,7 @@ own handling.
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, cast, final
+from typing import TYPE_CHECKING, Any, Unpack, cast, final
 
 try:
     from litestar import Litestar, Request, Response, get
@@ -45,8 +45,8 @@ except ImportError:
     ) from None
 
 from .._activity import Activity
-from .._config import ActivityConfig
 from .._errors import ActivityError
+from ._options import WebKeywords, WebOptions
 from ._web import WebRuntime, handle_connection, make_current, restore
 from .asgi import (
     DEFAULT_STATUS_MAP,
@@ -106,7 +106,8 @@ class ActivityPlugin(InitPluginProtocol):
       ``problem_details`` is false);
     * with ``statistics_path``, a ``GET`` route that returns :class:`AppStatistics`.
 
-    The options are those of :class:`activity.integrations.asgi.ActivityMiddleware`.
+    The options are the fields of :class:`activity.integrations.asgi.WebOptions`, as
+    for :class:`activity.integrations.asgi.ActivityMiddleware`.
 
     :raises InvalidArgumentError: if an option has a bad value
 
@@ -115,28 +116,8 @@ class ActivityPlugin(InitPluginProtocol):
 
     __slots__ = ("_web",)
 
-    def __init__(
-        self,
-        *,
-        app_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_options: ActivityConfig | Mapping[str, Any] | None = None,
-        request_id_header: str | None = "x-request-id",
-        echo_request_id: bool = True,
-        problem_details: bool = True,
-        status_map: Mapping[int, int] | None = None,
-        retry_after: int = 1,
-        statistics_path: str | None = None,
-    ) -> None:
-        self._web = WebRuntime(
-            app_options=app_options,
-            request_options=request_options,
-            request_id_header=request_id_header,
-            echo_request_id=echo_request_id,
-            problem_details=problem_details,
-            status_map=status_map,
-            retry_after=retry_after,
-            statistics_path=statistics_path,
-        )
+    def __init__(self, **options: Unpack[WebKeywords]) -> None:
+        self._web = WebRuntime(WebOptions(**options))
 
     @property
     def app_activity(self) -> Activity | None:
@@ -158,13 +139,14 @@ class ActivityPlugin(InitPluginProtocol):
             "app_activity", Provide(_provide_app_activity, sync_to_thread=False)
         )
         app_config.signature_namespace.setdefault("Activity", Activity)
-        if web.problem_details:
+        if web.options.problem_details:
             # Litestar's handler map is typed with unparametrized generics.
             handlers: dict[Any, Any] = app_config.exception_handlers  # type: ignore[assignment]  # pyright: ignore[reportUnknownMemberType, reportAssignmentType]
             handlers.setdefault(ActivityError, self._exception_handler)
-        if web.statistics_path is not None:
+        statistics_path = web.options.statistics_path
+        if statistics_path is not None:
 
-            @get(web.statistics_path, include_in_schema=False)
+            @get(statistics_path, include_in_schema=False)
             async def activity_statistics() -> Response[bytes]:
                 return Response(
                     await web.statistics(),
@@ -213,7 +195,7 @@ class ActivityPlugin(InitPluginProtocol):
         if problem.status == 500:
             # Answered, and reported as a server error is: with its traceback.
             _logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        headers = dict(problem.headers(web.retry_after))
+        headers = dict(problem.headers(web.options.retry_after))
         media_type = headers.pop("content-type")
         return Response(
             problem.body(), status_code=problem.status, media_type=media_type, headers=headers

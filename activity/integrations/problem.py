@@ -40,6 +40,7 @@ __all__ = [
     "http_status_of",
     "plain_detail",
     "problem_details",
+    "resolve_status_map",
 ]
 
 #: The HTTP status for an HRESULT; a code that is not here answers 500.
@@ -108,10 +109,26 @@ class ProblemDetails(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
-def _normalize_status_map(status_map: Mapping[int, int] | None) -> dict[HResult, int]:
+def resolve_status_map(
+    status_map: Mapping[int, int] | Mapping[HResult, int] | None = None,
+) -> Mapping[HResult, int]:
+    """Return the HTTP status of each HRESULT: :data:`DEFAULT_STATUS_MAP` with overrides.
+
+    What :func:`http_status_of` and :func:`problem_details` look codes up in. The
+    result can be given to them as ``status_map`` again (it overrides each default
+    with itself), so that a map checked once, where it is configured, is not
+    refused later, at the first error.
+
+    :param status_map: HRESULT to HTTP status pairs that override the defaults
+    :return: a read-only map; a code it does not name answers 500
+    :raises InvalidArgumentError: if ``status_map`` is not a mapping of 32-bit
+        HRESULTs to HTTP statuses (100-599)
+
+    .. versionadded:: 0.1
+    """
     merged = dict(DEFAULT_STATUS_MAP)
     if status_map is None:
-        return merged
+        return types.MappingProxyType(merged)
     if not isinstance(status_map, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise InvalidArgumentError(
             f"status_map must be a mapping of HRESULT to HTTP status, got {status_map!r}",
@@ -137,10 +154,12 @@ def _normalize_status_map(status_map: Mapping[int, int] | None) -> dict[HResult,
                 field="status_map",
                 value=status_map,
             ) from None
-    return merged
+    return types.MappingProxyType(merged)
 
 
-def http_status_of(exc: ActivityError, status_map: Mapping[int, int] | None = None) -> int:
+def http_status_of(
+    exc: ActivityError, status_map: Mapping[int, int] | Mapping[HResult, int] | None = None
+) -> int:
     """Return the HTTP status that answers an :class:`~activity.ActivityError`.
 
     :param exc: the error
@@ -150,17 +169,13 @@ def http_status_of(exc: ActivityError, status_map: Mapping[int, int] | None = No
 
     .. versionadded:: 0.1
     """
-    return _status_in(_normalize_status_map(status_map), exc)
-
-
-def _status_in(status_map: Mapping[HResult, int], exc: ActivityError) -> int:
-    return status_map.get(exc.hresult, 500)
+    return resolve_status_map(status_map).get(exc.hresult, 500)
 
 
 def problem_details(
     exc: ActivityError,
     *,
-    status_map: Mapping[int, int] | None = None,
+    status_map: Mapping[int, int] | Mapping[HResult, int] | None = None,
     instance: str | None = None,
     request_id: str | None = None,
 ) -> ProblemDetails:
@@ -175,7 +190,21 @@ def problem_details(
 
     .. versionadded:: 0.1
     """
-    return _problem(_normalize_status_map(status_map), exc, instance, request_id)
+    status = resolve_status_map(status_map).get(exc.hresult, 500)
+    code = exc.hresult
+    try:
+        title = http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return ProblemDetails(
+        title=title,
+        status=status,
+        detail=str(exc) if status < 500 else plain_detail(code),
+        instance=instance,
+        hresult=f"0x{int(code):08X}",
+        hresult_name=code.name or f"HRESULT_0x{int(code):08X}",
+        request_id=request_id if request_id is not None else current_request_id(),
+    )
 
 
 #: What a server error says to a client, in plain words; other codes say their message.
@@ -198,26 +227,3 @@ def plain_detail(code: HResult) -> str:
     .. versionadded:: 0.1
     """
     return PLAIN_DETAILS.get(code, code.message)
-
-
-def _problem(
-    status_map: Mapping[HResult, int],
-    exc: ActivityError,
-    instance: str | None,
-    request_id: str | None,
-) -> ProblemDetails:
-    status = _status_in(status_map, exc)
-    code = exc.hresult
-    try:
-        title = http.HTTPStatus(status).phrase
-    except ValueError:
-        title = "Error"
-    return ProblemDetails(
-        title=title,
-        status=status,
-        detail=str(exc) if status < 500 else plain_detail(code),
-        instance=instance,
-        hresult=f"0x{int(code):08X}",
-        hresult_name=code.name or f"HRESULT_0x{int(code):08X}",
-        request_id=request_id if request_id is not None else current_request_id(),
-    )

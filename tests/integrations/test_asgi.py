@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -33,6 +34,8 @@ from activity.integrations.asgi import (
     RequestInfo,
     Scope,
     Send,
+    WebKeywords,
+    WebOptions,
     current_app_activity,
     current_request,
     current_request_activity,
@@ -41,6 +44,7 @@ from activity.integrations.asgi import (
     problem_details,
     run_in_background,
 )
+from activity.integrations.problem import resolve_status_map
 
 from .scenarios import (
     DEADLINE,
@@ -584,21 +588,84 @@ class TestAtTheASGILevel:
         assert current_request_id() is None
 
     @pytest.mark.parametrize(
-        "options",
+        ("options", "field"),
         [
-            {"retry_after": -1},
-            {"retry_after": 1.5},
-            {"status_map": {HResult.E_FAIL: 700}},
-            {"status_map": {"E_FAIL": 500}},
-            {"statistics_path": "stats"},
-            {"request_id_header": ""},
-            {"app_options": {"max_concurrency": 0}},
-            {"request_options": "fast"},
+            ({"retry_after": -1}, "retry_after"),
+            ({"retry_after": 1.5}, "retry_after"),
+            ({"status_map": {HResult.E_FAIL: 700}}, "status_map"),
+            ({"status_map": {"E_FAIL": 500}}, "status_map"),
+            ({"statistics_path": "stats"}, "statistics_path"),
+            ({"request_id_header": ""}, "request_id_header"),
+            ({"app_options": {"max_concurrency": 0}}, "max_concurrency"),
+            ({"request_options": "fast"}, "request_options"),
         ],
     )
-    def test_bad_options_are_refused(self, options: dict[str, Any]) -> None:
-        with pytest.raises(InvalidArgumentError):
+    def test_bad_options_are_refused(self, options: dict[str, Any], field: str) -> None:
+        with pytest.raises(InvalidArgumentError) as refused:
             ActivityMiddleware(respond, **options)
+        assert refused.value.field == field
+        with pytest.raises(InvalidArgumentError) as refused_again:
+            WebOptions(**options)
+        assert str(refused_again.value) == str(refused.value)
+
+    def test_the_options_are_declared_once(self) -> None:
+        # The keywords the entry points are typed with are WebOptions' fields.
+        declared = {f.name: f.type for f in dataclasses.fields(WebOptions) if f.init}
+        keywords = {
+            name: getattr(hint, "__forward_arg__", hint)
+            for name, hint in WebKeywords.__annotations__.items()
+        }
+        assert keywords == declared
+        assert WebKeywords.__required_keys__ == frozenset()
+        defaults = WebOptions()
+        assert {name: getattr(defaults, name) for name in declared} == {
+            "app_options": None,
+            "request_options": None,
+            "request_id_header": "x-request-id",
+            "echo_request_id": True,
+            "problem_details": True,
+            "status_map": None,
+            "retry_after": 1,
+            "statistics_path": None,
+        }
+        assert defaults.request_config == ActivityConfig()
+        assert defaults.statuses == DEFAULT_STATUS_MAP
+        assert defaults.app_config == ActivityConfig(name="app")
+
+    def test_a_resolved_status_map_answers_as_its_overrides(self) -> None:
+        overrides = {0xA0040001: 409, HResult.E_INVALIDARG: 422}
+        resolved = resolve_status_map(overrides)
+        expected = {**DEFAULT_STATUS_MAP, HResult(0xA0040001): 409, HResult.E_INVALIDARG: 422}
+        assert resolved == expected
+        assert resolve_status_map(resolved) == resolved
+        refused = InvalidArgumentError("bad page")
+        assert http_status_of(refused, resolved) == http_status_of(refused, overrides) == 422
+        assert problem_details(refused, status_map=resolved) == problem_details(
+            refused, status_map=overrides
+        )
+        with pytest.raises(InvalidArgumentError, match="HTTP status"):
+            resolve_status_map({HResult.E_FAIL: 99})
+
+    def test_the_options_are_frozen_and_normalised(self) -> None:
+        app_options: dict[str, Any] = {"max_concurrency": 3}
+        status_map = {0xA0040001: 409}
+        options = WebOptions(
+            app_options=app_options,
+            request_id_header="X-Trace-Id",
+            echo_request_id=0,  # type: ignore[arg-type]  # any truth value, as before
+            status_map=status_map,
+        )
+        app_options["max_concurrency"] = 4
+        status_map[0xA0040001] = 410
+        assert options.app_options == {"max_concurrency": 3}
+        assert options.app_config == ActivityConfig(name="app", max_concurrency=3)
+        assert options.status_map == {0xA0040001: 409}
+        assert options.statuses[HResult(0xA0040001)] == 409
+        assert options.statuses[HResult.E_INVALIDARG] == 400
+        assert options.request_id_header == "x-trace-id"
+        assert options.echo_request_id is False
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            options.retry_after = 2  # type: ignore[misc]
 
     def test_defaults(self) -> None:
         assert DEFAULT_STATUS_MAP == {
