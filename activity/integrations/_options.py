@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, final
 
-from .._config import ActivityConfig
-from .._errors import InvalidArgumentError
+from activity import ActivityConfig, InvalidArgumentError
+
 from .problem import resolve_status_map
 
 if TYPE_CHECKING:
-    from .._hresult import HResult
+    from activity import HResult
 
 __all__ = ["WebKeywords", "WebOptions"]
 

@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 from pydantic import BaseModel, ConfigDict
 
-from .._activity import Activity
-from .._context import ActivityLocal
-from ..tracking import ActivityStatistics
+from activity import Activity, ActivityLocal, ActivityStatistics
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping

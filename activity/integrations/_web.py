@@ -12,6 +12,21 @@ integration gives work to the app activity with values of its own.
 A private module: names shared between the modules of
 :mod:`activity.integrations` carry no leading underscore; users import the
 public ones from :mod:`activity.integrations.asgi` or a framework's module.
+
+It is also the one module of the package that uses the core's private names;
+the others import only from :mod:`activity`. They are:
+
+* ``drive_in_context`` (``activity._backends._common``): :class:`AppHost` opens
+  and closes the app activity in a context of its own, so that it is a root
+  and nothing of the task that opened it sticks to it;
+* ``frame_var`` (``activity._context``): :func:`make_current` and
+  :func:`restore` run the lifespan's startup code in the app activity, and
+  :meth:`WebRuntime.request_activity` makes the app activity current while it
+  enters a request activity, so that it is the request's parent;
+  :func:`visible_locals` walks the frame's chain of ``ActivityLocal`` tables;
+* :func:`core_of` (``Activity._core``, typed ``activity._core.CoreState``):
+  :class:`AppHost` gives the app activity a table of values per job
+  (:class:`AppLocals`), and :func:`visible_locals` reads the tables.
 """
 
 from __future__ import annotations
@@ -28,17 +43,16 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 
-from .._activity import Activity
-from .._backends._common import drive_in_context
-from .._context import ActivityLocal
-from .._context import frame_var as _frame
-from .._errors import ActivityClosedError, ActivityError
+from activity import Activity, ActivityClosedError, ActivityError, ActivityLocal
+
+from .._backends._common import drive_in_context  # private: see the module's documentation
+from .._context import frame_var  # private: see the module's documentation
 from ._request import APP_ACTIVITY, REQUEST, REQUEST_ACTIVITY, RequestInfo, app_statistics
 from .problem import ProblemDetails, problem_details
 
 if TYPE_CHECKING:
-    from .._activity import Call
-    from .._config import ActivityConfig
+    from activity import ActivityConfig, Call
+
     from .._core import CoreState
     from ._options import WebOptions
 
@@ -165,7 +179,7 @@ def visible_locals(app: Activity) -> dict[Any, Any]:
     holds no finished request or job alive.
     """
     layers: list[Mapping[Any, Any]] = []
-    frame = _frame.get()
+    frame = frame_var.get()
     if frame is not None:
         layers.append(frame.host.locals)
         origin = frame.origin
@@ -361,7 +375,7 @@ class WebRuntime:
         # The request activity's parent is the activity current where it is entered;
         # the app activity is current in no request's task (it lives in a context of
         # its own), so it is made current for the entering alone.
-        token = _frame.set(core_of(app))
+        token = frame_var.set(core_of(app))
         try:
             async with Activity(config) as request:
                 REQUEST.set(info)
@@ -371,7 +385,7 @@ class WebRuntime:
                     JOBS.set(jobs)
                 yield request
         finally:
-            _frame.reset(token)
+            frame_var.reset(token)
 
     def problem(self, exc: ActivityError, info: RequestInfo | None) -> ProblemDetails:
         """The problem document that answers ``exc``, with this application's statuses."""
@@ -396,13 +410,13 @@ def make_current(app: Activity) -> contextvars.Token[Any]:
     For the application's lifespan: its startup code (a lifespan context, startup
     hooks) can then reach the app activity and hand it work that outlives startup.
     """
-    return _frame.set(core_of(app))
+    return frame_var.set(core_of(app))
 
 
 def restore(token: contextvars.Token[Any]) -> None:
     # ValueError: the lifespan moved to another task, which never entered.
     with contextlib.suppress(ValueError):
-        _frame.reset(token)
+        frame_var.reset(token)
 
 
 async def handle_lifespan(

@@ -36,8 +36,8 @@ except ImportError:
         "activity.integrations.aiohttp needs aiohttp: pip install 'activity[aiohttp]'"
     ) from None
 
-from .._activity import Activity, Call
-from .._errors import ActivityError
+from activity import Activity, ActivityError, Call
+
 from ._options import WebKeywords, WebOptions
 from ._web import WebRuntime, hand_off
 from .asgi import (

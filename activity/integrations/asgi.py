@@ -105,7 +105,7 @@ from .problem import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
-    from .._activity import Activity, Call
+    from activity import Activity, Call
 
 __all__ = [
     "DEFAULT_STATUS_MAP",

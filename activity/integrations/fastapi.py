@@ -35,7 +35,8 @@ except ImportError:
         "activity.integrations.fastapi needs FastAPI: pip install 'activity[fastapi]'"
     ) from None
 
-from .._activity import Activity
+from activity import Activity
+
 from .asgi import (
     DEFAULT_STATUS_MAP,
     ActivityMiddleware,

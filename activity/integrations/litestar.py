@@ -44,8 +44,8 @@ except ImportError:
         "activity.integrations.litestar needs Litestar: pip install 'activity[litestar]'"
     ) from None
 
-from .._activity import Activity
-from .._errors import ActivityError
+from activity import Activity, ActivityError
+
 from ._options import WebKeywords, WebOptions
 from ._web import WebRuntime, handle_connection, make_current, restore
 from .asgi import (

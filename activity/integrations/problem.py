@@ -29,8 +29,8 @@ from typing import Final, final
 
 from pydantic import BaseModel, ConfigDict
 
-from .._errors import ActivityError, InvalidArgumentError
-from .._hresult import HResult
+from activity import ActivityError, HResult, InvalidArgumentError
+
 from ._request import current_request_id
 
 __all__ = [

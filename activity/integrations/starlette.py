@@ -42,7 +42,8 @@ except ImportError:
         "activity.integrations.starlette needs Starlette: pip install 'activity[starlette]'"
     ) from None
 
-from .._activity import Activity
+from activity import Activity
+
 from .asgi import (
     DEFAULT_STATUS_MAP,
     ActivityMiddleware,
