@@ -41,9 +41,9 @@ class LocalScope(enum.Enum):
     #: In the activity: every call reads and writes the activity's one table (and
     #: reads, where it has no value, what the activity the work came from has).
     ACTIVITY = "activity"
-    #: In each call: a call accepted from outside the activity starts with a copy
-    #: of the values its submitter sees, over the activity's own, and what it sets
-    #: stays with it and with the work it starts in the activity. For a
+    #: In each call: a call starts with a copy of the values its submitter sees,
+    #: over the activity's own, and what it sets stays with it and with the tasks
+    #: and threads it starts (as a task starts with a copy of the context). For a
     #: long-lived activity that runs work for many requests or tenants: no call
     #: sees what another one set. The activity's block (its startup code) keeps
     #: writing the activity's own table.

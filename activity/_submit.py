@@ -146,8 +146,9 @@ class Submitting(CoreState):
             token = frame_var.set(call)
             context = call.context = copy_context()
             frame_var.reset(token)
-        if self.calls_own_locals and (frame is None or frame.host is not self):
-            # LocalScope.CALL: work from outside starts a table of values of its own.
+        if self.calls_own_locals:
+            # LocalScope.CALL: the call starts a table of values of its own, a copy of
+            # what its submitter sees (as a task starts with a copy of the context).
             context.run(call_values.set, (self, visible_values(frame, self)))
         return call
 

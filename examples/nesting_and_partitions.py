@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from activity import Activity, ActivityLocal, AsyncWorkRejectedError, Inheritance
+from activity import Activity, ActivityConfig, ActivityLocal, AsyncWorkRejectedError, Inheritance
 
 region = ActivityLocal[str]("region", default="nowhere")
 
@@ -26,11 +26,11 @@ async def main() -> None:
         print(f"the parent kept {region.get()!r}")
 
     gate = asyncio.Event()
-    limits = {"max_concurrency": 2, "max_pending": 1}
+    limits = ActivityConfig(max_concurrency=2, max_pending=1)
     async with (
-        Activity(name="acme-1", partition="acme", **limits) as acme1,
-        Activity(name="acme-2", partition="acme", **limits) as acme2,
-        Activity(name="globex", partition="globex", **limits) as globex,
+        Activity(limits, name="acme-1", partition="acme") as acme1,
+        Activity(limits, name="acme-2", partition="acme") as acme2,
+        Activity(limits, name="globex", partition="globex") as globex,
     ):
         accepted = rejected = 0
         for act in (acme1, acme2, acme1, acme2, acme1):

@@ -201,13 +201,17 @@ class TestCallScope:
                 assert await (await app.asynchronous_call(job)) == ("acme", "eu")
                 assert await app.synchronous_call(job) == ("acme", "eu")
 
-    async def test_work_a_call_starts_in_the_activity_shares_its_values(self) -> None:
+    async def test_a_nested_call_starts_with_a_copy_of_its_callers_values(self) -> None:
         async def inner() -> str:
-            return tenant.get()
+            seen = tenant.get()
+            tenant.set("inner-call")  # stays with the nested call
+            return seen
 
         async def outer(act: Activity) -> str:
             tenant.set("outer-call")
-            return await act.synchronous_call(inner)
+            seen = await act.synchronous_call(inner)
+            assert tenant.get() == "outer-call"
+            return seen
 
         async with Activity(local_scope=LocalScope.CALL) as app, Activity(parent=None):
             tenant.set("request")

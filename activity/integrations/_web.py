@@ -13,47 +13,34 @@ A private module: names shared between the modules of
 :mod:`activity.integrations` carry no leading underscore; users import the
 public ones from :mod:`activity.integrations.asgi` or a framework's module.
 
-It is also the one module of the package that uses the core's private names;
-the others import only from :mod:`activity`. They are:
-
-* ``drive_in_context`` (``activity._backends._common``): :class:`AppHost` opens
-  and closes the app activity in a context of its own, so that it is a root
-  and nothing of the task that opened it sticks to it;
-* ``frame_var`` (``activity._context``): :func:`make_current` and
-  :func:`restore` run the lifespan's startup code in the app activity, and
-  :meth:`WebRuntime.request_activity` makes the app activity current while it
-  enters a request activity, so that it is the request's parent;
-  :func:`visible_locals` walks the frame's chain of ``ActivityLocal`` tables;
-* :func:`core_of` (``Activity._core``, typed ``activity._core.CoreState``):
-  :class:`AppHost` gives the app activity a table of values per job
-  (:class:`AppLocals`), and :func:`visible_locals` reads the tables.
+Like every module of :mod:`activity.integrations`, it uses only the public API
+of :mod:`activity`: the app activity is opened with ``Activity.open()`` as a
+root (``parent=None``) whose calls each keep ``ActivityLocal`` values of
+their own (``LocalScope.CALL``); a request activity names it as its parent;
+the lifespan's startup code runs in it through ``Activity.as_current()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import re
 import traceback
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 
-from activity import Activity, ActivityClosedError, ActivityError, ActivityLocal
+from activity import Activity, ActivityClosedError, ActivityError, ActivityLocal, LocalScope
 
-from .._backends._common import drive_in_context  # private: see the module's documentation
-from .._context import frame_var  # private: see the module's documentation
 from ._request import APP_ACTIVITY, REQUEST, REQUEST_ACTIVITY, RequestInfo, app_statistics
 from .problem import ProblemDetails, problem_details
 
 if TYPE_CHECKING:
     from activity import ActivityConfig, Call
 
-    from .._core import CoreState
     from ._options import WebOptions
 
 #: An ASGI connection scope (the same shape as Starlette's, so the types agree).
@@ -78,11 +65,6 @@ _VALID_REQUEST_ID: Final = re.compile(r"[\x21-\x7e]{1,128}")
 _MAX_NAME: Final = 200
 
 
-def core_of(app: Activity) -> CoreState:
-    """The core behind an activity's public face: what frames and ``ActivityLocal`` use."""
-    return app._core  # pyright: ignore[reportPrivateUsage]
-
-
 #: The background work of a request that a server without lifespan waits for.
 JOBS: Final = ActivityLocal["Jobs | None"]("activity.integrations.jobs", default=None)
 
@@ -96,101 +78,15 @@ async def hand_off(
     """Submit background work to ``app`` with ``ActivityLocal`` values of its own.
 
     Shared by the integrations: :func:`run_in_background` and aiohttp's ``spawn``.
+    The app activity keeps each call's values apart (``LocalScope.CALL``): a job
+    starts with what the submitting code sees, over the app's own values, and
+    what it sets stays with it and the work it starts.
     """
-    values = JOB_VALUES.set(visible_locals(app))
-    try:
-        # The call runs in a copy of this context, taken as it is accepted: the
-        # copy, and every task, thread and call it starts, carries the job's values.
-        call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
-    finally:
-        JOB_VALUES.reset(values)
+    call: Call[Any] = await app.asynchronous_call(fn, *args, name=name, timeout=timeout)
     jobs = JOBS.get()
     if jobs is not None:
         jobs.add(call)
     return call
-
-
-#: The values of the background job whose context this is, if any (see AppLocals).
-JOB_VALUES: Final[contextvars.ContextVar[dict[Any, Any] | None]] = contextvars.ContextVar(
-    "activity.integrations.job_values", default=None
-)
-
-
-@final
-class AppLocals(dict[Any, Any]):
-    """The app activity's ``ActivityLocal`` values: one table for the app, one per job.
-
-    A call of an activity looks up ``ActivityLocal`` values in that activity
-    first, and stores them there. The app activity is shared by every request,
-    so its background work would read, and write, one table for all: a value one
-    job set would be what every later job of every request sees, and a value the
-    startup code set would hide the request's own. Each job's context carries a
-    table of its own instead, and the app activity reads and writes that one in
-    the job's calls (and in the calls, tasks and threads they start); code that
-    belongs to no job (the startup code, the app activity's own calls) uses the
-    app's.
-    """
-
-    __slots__ = ()
-
-    def get(self, key: Any, default: Any = None, /) -> Any:
-        own = JOB_VALUES.get()
-        return super().get(key, default) if own is None else own.get(key, default)
-
-    def __getitem__(self, key: Any, /) -> Any:
-        own = JOB_VALUES.get()
-        return super().__getitem__(key) if own is None else own[key]
-
-    def __contains__(self, key: object, /) -> bool:
-        own = JOB_VALUES.get()
-        return super().__contains__(key) if own is None else key in own
-
-    def __setitem__(self, key: Any, value: Any, /) -> None:
-        own = JOB_VALUES.get()
-        if own is None:
-            super().__setitem__(key, value)
-        else:
-            own[key] = value
-
-    def __delitem__(self, key: Any, /) -> None:
-        own = JOB_VALUES.get()
-        if own is None:
-            super().__delitem__(key)
-        else:
-            del own[key]
-
-    def app_values(self) -> dict[Any, Any]:
-        """A copy of the app's own table, whatever the context."""
-        return dict(super().items())
-
-    def current(self) -> dict[Any, Any]:
-        """The table this context uses: its job's, else (a copy of) the app's."""
-        own = JOB_VALUES.get()
-        return self.app_values() if own is None else own
-
-
-def visible_locals(app: Activity) -> dict[Any, Any]:
-    """A job's values: those the submitting code sees, over the app's own.
-
-    Taken in the order ``ActivityLocal.get`` looks (the current activity, then
-    the ones the work came from), so that the nearest value wins; the app's own
-    values come last, so that a value set at startup never hides the request's.
-    A copy rather than a link to the request: a chain of jobs that start jobs
-    holds no finished request or job alive.
-    """
-    layers: list[Mapping[Any, Any]] = []
-    frame = frame_var.get()
-    if frame is not None:
-        layers.append(frame.host.locals)
-        origin = frame.origin
-        while origin is not None:
-            layers.append(origin.locals)
-            origin = origin.origin
-    table = core_of(app).locals
-    values = table.app_values() if isinstance(table, AppLocals) else dict(table)
-    for layer in reversed(layers):
-        values.update(layer.current() if isinstance(layer, AppLocals) else layer)
-    return values
 
 
 @final
@@ -225,7 +121,7 @@ class AppHost:
     new request.
     """
 
-    __slots__ = ("_closing", "_context", "_opening", "_watcher", "activity", "config", "managed")
+    __slots__ = ("_closing", "_opening", "_watcher", "activity", "config", "managed")
 
     def __init__(self, config: ActivityConfig) -> None:
         self.config = config
@@ -233,7 +129,6 @@ class AppHost:
         #: Whether a lifespan (or the application's startup and cleanup) opened the
         #: activity and will close it; else requests wait for their background work.
         self.managed = False
-        self._context: contextvars.Context | None = None
         self._opening: anyio.Event | None = None
         self._closing: anyio.Event | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -259,14 +154,13 @@ class AppHost:
             await self._opening.wait()
         opening = self._opening = anyio.Event()
         try:
-            act = Activity(self.config)
-            core_of(act).locals = AppLocals()
-            # An empty context: the app activity is a root, and nothing of the task
-            # that happens to open it (the first request's, say) sticks to it.
-            context = contextvars.Context()
-            await drive_in_context(act.__aenter__(), context)
-            context.run(APP_ACTIVITY.set, act)
-            self.activity, self._context = act, context
+            # A root, whatever task happens to open it (the first request's, say),
+            # opened without a block: it outlives the task that opens it.
+            act = Activity(self.config.with_options({"local_scope": LocalScope.CALL}), parent=None)
+            await act.open()
+            with act.as_current():
+                APP_ACTIVITY.set(act)
+            self.activity = act
             self.managed = not lazily
             if lazily:
                 self._close_at_loop_end()
@@ -285,14 +179,14 @@ class AppHost:
             return
         while self._opening is not None:
             await self._opening.wait()
-        act, context = self.activity, self._context
-        if act is None or context is None:
+        act = self.activity
+        if act is None:
             return
         closing = self._closing = anyio.Event()
         try:
-            await drive_in_context(act.__aexit__(None, None, None), context)
+            await act.aclose()
         finally:
-            self.activity = self._context = None
+            self.activity = None
             self.managed = False
             self._closing = None
             closing.set()
@@ -372,20 +266,13 @@ class WebRuntime:
         config = self.options.request_config
         if config.name is None:
             config = config.with_options({"name": f"{info.method} {info.path}"[:_MAX_NAME]})
-        # The request activity's parent is the activity current where it is entered;
-        # the app activity is current in no request's task (it lives in a context of
-        # its own), so it is made current for the entering alone.
-        token = frame_var.set(core_of(app))
-        try:
-            async with Activity(config) as request:
-                REQUEST.set(info)
-                APP_ACTIVITY.set(app)
-                REQUEST_ACTIVITY.set(request)
-                if jobs is not None:
-                    JOBS.set(jobs)
-                yield request
-        finally:
-            frame_var.reset(token)
+        async with Activity(config, parent=app) as request:
+            REQUEST.set(info)
+            APP_ACTIVITY.set(app)
+            REQUEST_ACTIVITY.set(request)
+            if jobs is not None:
+                JOBS.set(jobs)
+            yield request
 
     def problem(self, exc: ActivityError, info: RequestInfo | None) -> ProblemDetails:
         """The problem document that answers ``exc``, with this application's statuses."""
@@ -404,19 +291,22 @@ class WebRuntime:
 # -- lifespan --------------------------------------------------------------------------------
 
 
-def make_current(app: Activity) -> contextvars.Token[Any]:
+def make_current(app: Activity) -> contextlib.ExitStack:
     """Run the rest of the calling task in the app activity, as its ``async with`` body would.
 
     For the application's lifespan: its startup code (a lifespan context, startup
     hooks) can then reach the app activity and hand it work that outlives startup.
+    The lifespan's messages, not a block of code, say when that ends: the
+    returned stack holds ``app.as_current()`` open until :func:`restore`.
     """
-    return frame_var.set(core_of(app))
+    stack = contextlib.ExitStack()
+    stack.enter_context(app.as_current())
+    return stack
 
 
-def restore(token: contextvars.Token[Any]) -> None:
-    # ValueError: the lifespan moved to another task, which never entered.
-    with contextlib.suppress(ValueError):
-        frame_var.reset(token)
+def restore(entered: contextlib.ExitStack) -> None:
+    """End what :func:`make_current` began (in another task, it undoes only its own)."""
+    entered.close()
 
 
 async def handle_lifespan(
@@ -431,7 +321,7 @@ async def handle_lifespan(
     """
     received = False
     failure: Exception | None = None
-    token: contextvars.Token[Any] | None = None
+    token: contextlib.ExitStack | None = None
 
     async def lifespan_receive() -> Message:
         nonlocal received, failure, token
