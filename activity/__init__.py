@@ -8,7 +8,6 @@ from ._activity import Activity as Activity
 from ._activity import AsyncServiceCall as AsyncServiceCall
 from ._activity import Call as Call
 from ._activity import ServiceCall as ServiceCall
-from ._activity import create_activity as create_activity
 from ._activity import current_activity as current_activity
 from ._call import CallStatus as CallStatus
 from ._config import ActivityConfig as ActivityConfig
@@ -43,6 +42,7 @@ from ._hresult import hresult_from_win32 as hresult_from_win32
 from ._hresult import succeeded as succeeded
 from ._outcome import cancel_requested as cancel_requested
 from ._outcome import check_cancelled as check_cancelled
+from ._services import create_activity as create_activity
 from ._services import service_domain as service_domain
 from .tracking import ActivityStatistics as ActivityStatistics
 from .tracking import PartitionStatistics as PartitionStatistics

@@ -44,7 +44,6 @@ __all__ = [
     "AsyncServiceCall",
     "Call",
     "ServiceCall",
-    "create_activity",
     "current_activity",
 ]
 
@@ -587,21 +586,7 @@ def current_activity() -> Activity | None:
     return None if frame is None else cast("Activity", frame.host.activity)
 
 
-def create_activity(
-    config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
-) -> Activity:
-    """Create an :class:`Activity` from a configuration (COM+'s ``CoCreateActivity``).
-
-    :param config: an :class:`ActivityConfig`, or a mapping of its fields
-    :param options: fields of :class:`ActivityConfig`, overriding ``config``'s
-    :return: the activity, to be entered with ``async with``
-    :raises InvalidArgumentError: if an option is unknown or has a bad value
-    """
-    return Activity(config, **options)
-
-
 Activity.__module__ = "activity"
 Call.__module__ = "activity"
 CallStatus.__module__ = "activity"
-create_activity.__module__ = "activity"
 current_activity.__module__ = "activity"

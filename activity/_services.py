@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._context import Frame
     from ._lifecycle import Core
 
-__all__ = ["service_domain"]
+__all__ = ["create_activity", "service_domain"]
 
 
 class Chain:
@@ -94,4 +94,18 @@ async def service_domain(
             core.causality = None
 
 
+def create_activity(
+    config: ActivityConfig | Mapping[str, Any] | None = None, /, **options: Any
+) -> Activity:
+    """Create an :class:`Activity` from a configuration (COM+'s ``CoCreateActivity``).
+
+    :param config: an :class:`ActivityConfig`, or a mapping of its fields
+    :param options: fields of :class:`ActivityConfig`, overriding ``config``'s
+    :return: the activity, to be entered with ``async with``
+    :raises InvalidArgumentError: if an option is unknown or has a bad value
+    """
+    return Activity(config, **options)
+
+
+create_activity.__module__ = "activity"
 service_domain.__module__ = "activity"

@@ -198,9 +198,9 @@ class Synchronous(Settling):
                             or type(result) in CHECKED_RESULTS
                         ):
                             return self.end_inline(call, *outcome_of_result(call, result))
-                    # _finish, minus what a completed call that nobody else holds never needs.
+                    # finish(), minus what a completed call that nobody else holds never needs.
                     call.state = COMPLETED
-                    call.context = None  # both refer back to the call, as in _finish
+                    call.context = None  # both refer back to the call, as in finish()
                     call.causality = None
                     if args:
                         call.args = ()

@@ -1,7 +1,7 @@
 """The backends: how one call body runs, a task on the loop, a worker thread, or inline.
 
-Two backends share one small interface, :class:`Backend`, and :class:`Activity`
-picks one when it is entered (the activity is their ``DispatchHost``, a
+Two backends share one small interface, :class:`Backend`, and the activity's
+core picks one when the activity opens (the core is their ``DispatchHost``, a
 protocol of ``_common``); each lives in a module of its own, as anyio's
 backends do:
 
@@ -18,7 +18,8 @@ coroutine is driven step by step inside the call's context by
 :func:`drive_in_context`, so it sees its own copy of the context (and its
 ``ContextVar`` writes stay there) without the cost of a new task. Its common
 case (a function that may start at once, no domain, no timeout) is handled
-by ``Activity.synchronous_call`` itself, without the dispatcher's round trip:
+by the core's ``synchronous_call`` itself (``activity._sync``), without the
+dispatcher's round trip:
 the frame of such a coroutine call is a light ``InlineCall``, made a ``Call``
 only if the call ends otherwise than completed (on trio the body runs in a
 trio cancel scope of its own).
