@@ -1,12 +1,20 @@
 """The harness every scenario runs in: rows, sizes, sampling and interleaving.
 
 Each scenario runs ``activity`` and the patterns a user would otherwise write
-(a bare ``asyncio.Semaphore`` + ``asyncio.TaskGroup``, aiojobs, anyio task
-groups, ``asyncio.to_thread``...) in one process, interleaved: every
-repetition runs every row once, in turn, so that a change in the machine's
-load falls on all rows alike. A row's figure is the median of its
-repetitions; its ratio is to the bare pattern of the same scenario and loop in
-the same run. Compare ratios, not absolute times, between machines or runs.
+(a bounded spawn on an ``asyncio.Semaphore`` + ``asyncio.TaskGroup``, a pool
+of workers, aiojobs, anyio task groups, ``asyncio.to_thread``...) in one
+process, interleaved: every repetition runs every row once, in turn, so that a
+change in the machine's load falls on all rows alike. A row's figure is the
+median of its repetitions; its ratio is to the strongest baseline of the same
+scenario and loop in the same run: the fastest of its ``baseline`` rows, the
+patterns that give each call what ``activity`` gives it (a task, a context
+copy and a cancellation of its own). Compare ratios, not absolute times,
+between machines or runs.
+
+A row is labelled *naive* when it is a weaker way to write a peer's pattern
+(a task per call parked on the semaphore, aiojobs with its default settings):
+it stays in the tables, as what such code costs, but a faster form of the
+same pattern is there beside it.
 
 Every sample runs in a fresh event loop, after a garbage collection, and
 times only the work (the loop's creation and teardown are outside). The
@@ -56,6 +64,7 @@ __all__ = [
     "power",
     "settle",
     "sizes_text",
+    "strongest",
     "trio_yield_once",
     "yield_once",
 ]
@@ -65,6 +74,11 @@ LIMIT: Final = 100
 
 Loop = Literal["asyncio", "uvloop", "trio"]
 Unit = Literal["us", "B"]
+#: ``activity``: activity itself. ``baseline``: a pattern with the same guarantees per call
+#: (a task, a context copy and a cancellation of its own), written with the loop's own
+#: primitives; ratios and targets are taken against the fastest of them. ``peer``: another
+#: library (aiojobs, anyio), with targets of its own where the project sets one.
+#: ``reference``: a pattern that gives less (no handle or no context per call), or a floor.
 Role = Literal["activity", "baseline", "peer", "reference"]
 #: Runs one sample of ``calls`` calls on the running loop; returns seconds, or bytes.
 Body = Callable[[int], Coroutine[Any, Any, float]]
@@ -152,6 +166,8 @@ class Pattern:
     calls: int
     body: Body
     repeat: int | None = None
+    #: A weaker form of a pattern that has a stronger row beside it (shown as "naive").
+    naive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +197,7 @@ class Row:
     samples: list[float] = field(default_factory=list[float])
     baseline: str | None = None
     ratio: float | None = None
+    naive: bool = False
 
     @property
     def median(self) -> float:
@@ -204,6 +221,7 @@ class Row:
             "per_second": self.per_second,
             "baseline": self.baseline,
             "ratio": self.ratio,
+            "naive": self.naive,
             "samples": self.samples,
         }
 
@@ -293,16 +311,14 @@ def sample(pattern: Pattern) -> float:
 
 def measure(group: Group, repeat: int, log: Callable[[str], None]) -> list[Row]:
     rows = [
-        Row(group.scenario, group.loop, p.name, p.role, p.calls, group.unit) for p in group.patterns
+        Row(group.scenario, group.loop, p.name, p.role, p.calls, group.unit, naive=p.naive)
+        for p in group.patterns
     ]
     scale = 1e6 if group.unit == "us" else 1.0
     started = time.perf_counter()
     # A short warm-up run of each row: imports, caches and thread start-up are not measured.
     for pattern in group.patterns:
-        warm = Pattern(
-            pattern.name, pattern.loop, pattern.role, min(pattern.calls, 500), pattern.body
-        )
-        sample(warm)
+        sample(dataclasses.replace(pattern, calls=min(pattern.calls, 500)))
     if group.repeat is not None:
         repeat = min(repeat, group.repeat)
     for index in range(repeat):
@@ -322,11 +338,22 @@ def measure(group: Group, repeat: int, log: Callable[[str], None]) -> list[Row]:
 
 
 def baseline_of(row: Row, rows: Sequence[Row]) -> Row:
-    """The bare pattern of the group; in scaling, the same pattern at the smallest size."""
+    """The strongest baseline of the group; in scaling, the same pattern at the smallest size.
+
+    The strongest baseline is the fastest (or, for memory, the smallest) of the
+    group's ``baseline`` rows: the best a user can do with the loop's own
+    primitives while giving each call what ``activity`` gives it. A group
+    without one compares its rows to its first.
+    """
     if row.scenario.startswith("scaling"):
         family = row.pattern.rpartition(", ")[0]
         return next(other for other in rows if other.pattern.rpartition(", ")[0] == family)
-    return next((other for other in rows if other.role == "baseline"), rows[0])
+    return strongest([other for other in rows if other.role == "baseline"]) or rows[0]
+
+
+def strongest(rows: Sequence[Row]) -> Row | None:
+    """The row of ``rows`` with the smallest median (the first of equals), or None if none."""
+    return min(rows, key=lambda row: row.median, default=None)
 
 
 def available_loops(requested: str, notes: list[str]) -> list[Loop]:
@@ -351,7 +378,7 @@ def drop_missing(group: Group, notes: list[str]) -> Group:
     """``group`` without the rows whose peer is not installed; ``notes`` says which."""
     kept: list[Pattern] = []
     for pattern in group.patterns:
-        if pattern.role == "peer" and "aiojobs" in pattern.name:
+        if "aiojobs" in pattern.name:
             try:
                 __import__("aiojobs")
             except ImportError:

@@ -61,8 +61,13 @@ def render(result: dict[str, Any]) -> str:
             )
             ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
             name = f"**{row.pattern}**" if row.role == "activity" else row.pattern
-            if row.role == "reference":
-                name += " (reference)"
+            labels = [
+                label
+                for label, has in (("reference", row.role == "reference"), ("naive", row.naive))
+                if has
+            ]
+            if labels:
+                name += f" ({', '.join(labels)})"
             cells = [row.loop, name, _format_number(row.median, unit)]
             if unit == "us":
                 per_second = row.per_second
@@ -73,14 +78,13 @@ def render(result: dict[str, Any]) -> str:
         if scenario.startswith("scaling"):
             lines.append("Ratio: to the same pattern at the smallest size, on the same loop.")
         else:
-            baseline = next((r.baseline for r in rows if r.scenario == scenario), None)
-            lines.append(f"Ratio: to *{baseline}* on the same loop in the same run.")
+            lines.append(_ratio_note([r for r in rows if r.scenario == scenario]))
     if result["targets"]:
         lines.append("")
         lines.append("### Targets")
         lines.append("")
-        lines.append("| goal | loop | measured | limit | met | floor |")
-        lines.append("|---|---|---:|---:|:---:|---:|")
+        lines.append("| goal | loop | measured | limit | met | against | floor |")
+        lines.append("|---|---|---:|---:|:---:|---|---:|")
         for target in result["targets"]:
             if "bytes" in target["goal"]:
                 value, limit = f"{target['value']:,.0f} B", f"{target['limit']:,.0f} B"
@@ -89,10 +93,16 @@ def render(result: dict[str, Any]) -> str:
             met = "yes" if target["met"] else "**no**"
             floor = target.get("floor")
             floor_text = "" if floor is None else f"{floor:.2f}x"
+            against = target.get("against") or ""
             lines.append(
                 f"| {target['goal']} | {target['loop']} | {value} | {limit} | {met} "
-                f"| {floor_text} |"
+                f"| {against} | {floor_text} |"
             )
+        lines.append("")
+        lines.append(
+            "Against: the row activity is compared with, the strongest of its kind in this "
+            "run (the fastest baseline, the fastest aiojobs pattern, the fastest reference)."
+        )
         lines.append("")
         lines.append(
             "Floor: the same ratio with the scenario's reference row in activity's place, "
@@ -104,8 +114,33 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio_note(rows: list[Row]) -> str:
+    """What the ratio column of a scenario's table is taken against."""
+    per_loop = dict.fromkeys((row.loop, row.baseline) for row in rows)
+    names = dict.fromkeys(baseline for _, baseline in per_loop)
+    loops = [row.loop for row in rows if row.role == "baseline"]
+    if len(loops) > len(set(loops)):
+        lead = "the strongest baseline of the same loop in the same run (its fastest baseline row)"
+    else:
+        lead = "the baseline of the same loop in the same run"
+    if len(names) == 1:
+        return f"Ratio: to *{next(iter(names))}*, {lead}."
+    return f"Ratio: to {lead}: " + ", ".join(f"*{b}* on {loop}" for loop, b in per_loop) + "."
+
+
 _ROW_FIELDS: Final = frozenset(
-    {"scenario", "loop", "pattern", "role", "calls", "unit", "samples", "baseline", "ratio"}
+    {
+        "scenario",
+        "loop",
+        "pattern",
+        "role",
+        "calls",
+        "unit",
+        "samples",
+        "baseline",
+        "ratio",
+        "naive",
+    }
 )
 
 

@@ -73,11 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=COMMAND,
         description=(
-            "Run activity and the patterns it replaces (a bare Semaphore + TaskGroup, "
-            "aiojobs, anyio task groups, asyncio.to_thread...) in one process, "
-            "interleaved, and print a Markdown table per scenario: the median per call, "
-            "calls per second, the spread of the repetitions and the ratio of each row "
-            "to the bare pattern. The peers come with pip install -e '.[bench]'."
+            "Run activity and the patterns it replaces (the bounded spawn on a Semaphore "
+            "+ TaskGroup, a worker pool, aiojobs, anyio task groups, asyncio.to_thread...) "
+            "in one process, interleaved, and print a Markdown table per scenario: the "
+            "median per call, calls per second, the spread of the repetitions and the ratio "
+            "of each row to the strongest baseline. The peers come with "
+            "pip install -e '.[bench]'."
         ),
     )
     parser.add_argument(

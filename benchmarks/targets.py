@@ -1,9 +1,17 @@
 """The goals of activity's hot path, checked against the figures of one run.
 
 These are the project's own targets, not a promise to users: each is a ratio
-to a row of the same run (or, for memory, bytes per call), and a goal that a
-run misses shows as **no** in the targets table with, where the scenario has
-one, the same ratio for its floor.
+to the strongest row of its kind in the same run (or, for memory, bytes per
+call), and a goal that a run misses shows as **no** in the targets table
+with, where the scenario has one, the same ratio for its floor.
+
+The strongest baseline of ``async_call`` is the fastest of its baseline rows,
+the patterns that give each call a task, a context copy and a cancellation of
+its own: in practice the bounded spawn (``await semaphore.acquire()``, then a
+task that releases it). The pool of 100 workers gives less (no handle, no
+context, no outcome per call): it is a reference, the stretch goal's. aiojobs
+is compared by its fastest pattern (pending limit 100 or N, drained by polling
+or by ``async with``).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.harness import LOOPS
+from benchmarks.harness import LOOPS, strongest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,6 +41,8 @@ class Target:
     #: The same ratio with the scenario's floor (a reference row that does only
     #: what the goal's semantics need) in place of activity, where it has one.
     floor: float | None = None
+    #: The row activity was compared with (the strongest of its kind in the run).
+    against: str | None = None
 
     @property
     def met(self) -> bool:
@@ -47,17 +57,38 @@ class Target:
             "at_most": self.at_most,
             "met": self.met,
             "floor": self.floor,
+            "against": self.against,
         }
 
 
 def targets(rows: Sequence[Row]) -> list[Target]:
-    """Check every goal whose rows ran; a goal without its rows is left out."""
+    """Check every goal whose rows ran; a goal without its rows is left out.
+
+    A goal is a ratio to the strongest row of its kind in the same run: the
+    fastest baseline (the patterns that give each call what ``activity`` gives
+    it, naive forms included), the fastest aiojobs pattern, the fastest
+    reference. A scenario that runs ``activity`` in several settings (its
+    admission: a backlog that waits, a backlog that holds every call) has each
+    goal once per setting, named in the goal.
+    """
+
+    def matching(scenario: str, loop: Loop, role: Role, name: str = "") -> list[Row]:
+        return [
+            row
+            for row in rows
+            if (row.scenario, row.loop, row.role) == (scenario, loop, role) and name in row.pattern
+        ]
 
     def find(scenario: str, loop: Loop, role: Role, name: str = "") -> Row | None:
-        for row in rows:
-            if (row.scenario, row.loop, row.role) == (scenario, loop, role) and name in row.pattern:
-                return row
-        return None
+        """The fastest (or smallest) row of ``role`` in ``scenario`` whose name has ``name``."""
+        return strongest(matching(scenario, loop, role, name))
+
+    def settings(scenario: str, loop: Loop) -> list[tuple[str, Row]]:
+        """Each activity row of ``scenario``, with its setting as a goal names it ("" if one)."""
+        found = matching(scenario, loop, "activity")
+        if len(found) == 1:
+            return [("", found[0])]
+        return [(f" ({row.pattern.removeprefix('activity, ')})", row) for row in found]
 
     found: list[Target] = []
 
@@ -77,32 +108,31 @@ def targets(rows: Sequence[Row]) -> list[Target]:
         if floor is not None and floor.median > 0:
             # activity is the top of an "at most" ratio, the bottom of an "at least" one.
             floor_ratio = floor.median / bottom.median if at_most else top.median / floor.median
-        found.append(Target(goal, loop, top.median / bottom.median, limit, at_most, floor_ratio))
+        against = bottom.pattern if at_most else top.pattern
+        found.append(
+            Target(goal, loop, top.median / bottom.median, limit, at_most, floor_ratio, against)
+        )
 
     for loop in LOOPS:
-        act = find("async_call", loop, "activity")
-        ratio(
-            "asynchronous_call ≤ 1.2x bare Semaphore + task group",
-            loop,
-            act,
-            find("async_call", loop, "baseline"),
-            1.2,
-        )
-        ratio(
-            "asynchronous_call ≤ 1.0x pool of 100 workers (stretch)",
-            loop,
-            act,
-            find("async_call", loop, "reference"),
-            1.0,
-        )
-        ratio(
-            "asynchronous_call ≥ 1.4x faster than aiojobs",
-            loop,
-            find("async_call", loop, "peer", "aiojobs"),
-            act,
-            1.4,
-            at_most=False,
-        )
+        spawn = find("async_call", loop, "baseline")
+        pool = find("async_call", loop, "reference")
+        aiojobs = find("async_call", loop, "peer", "aiojobs")
+        for setting, act in settings("async_call", loop):
+            name = f"asynchronous_call{setting}"
+            if loop == "trio":
+                ratio(f"{name} ≤ 1.2x the strongest baseline", loop, act, spawn, 1.2)
+            else:
+                ratio(f"{name} ≤ 1.5x the strongest baseline", loop, act, spawn, 1.5)
+                ratio(f"{name} ≤ 1.2x the strongest baseline (goal)", loop, act, spawn, 1.2)
+                ratio(
+                    f"{name} ≥ 1.4x faster than aiojobs' fastest pattern",
+                    loop,
+                    aiojobs,
+                    act,
+                    1.4,
+                    at_most=False,
+                )
+            ratio(f"{name} ≤ 1.0x the pool of 100 workers (stretch)", loop, act, pool, 1.0)
         ratio(
             "synchronous_call ≤ 1.5x bare awaited call under a semaphore",
             loop,
@@ -115,25 +145,25 @@ def targets(rows: Sequence[Row]) -> list[Target]:
             ("blocking_concurrent", "100 at a time"),
             ("blocking_serial", "one at a time"),
         ):
-            act = find(scenario, loop, "activity")
             floor = find(scenario, loop, "reference")
-            ratio(
-                f"blocking, {how}, ≤ 1.1x asyncio.to_thread",
-                loop,
-                act,
-                find(scenario, loop, "baseline"),
-                1.1,
-                floor=floor,
-            )
-            ratio(
-                f"blocking, {how}, ≥ 1.5x faster than anyio.to_thread.run_sync",
-                loop,
-                find(scenario, loop, "peer", "anyio"),
-                act,
-                1.5,
-                at_most=False,
-                floor=floor,
-            )
+            for setting, act in settings(scenario, loop):
+                ratio(
+                    f"blocking, {how}{setting}, ≤ 1.1x asyncio.to_thread",
+                    loop,
+                    act,
+                    find(scenario, loop, "baseline"),
+                    1.1,
+                    floor=floor,
+                )
+                ratio(
+                    f"blocking, {how}{setting}, ≥ 1.5x faster than anyio.to_thread.run_sync",
+                    loop,
+                    find(scenario, loop, "peer", "anyio"),
+                    act,
+                    1.5,
+                    at_most=False,
+                    floor=floor,
+                )
         queued = find("memory_queued", loop, "activity")
         if queued is not None:
             found.append(Target("a queued call ≤ 600 bytes", loop, queued.median, 600, True))

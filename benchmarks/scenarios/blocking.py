@@ -4,6 +4,13 @@ What plain functions (a file, a database driver without async support) pay
 for the trip to a worker thread and back, next to ``asyncio.to_thread``,
 ``loop.run_in_executor`` and ``anyio.to_thread.run_sync``. The floor of the
 serial rows is one thread fed by a ``SimpleQueue``. asyncio and uvloop only.
+
+100 at a time, ``activity`` runs in the two admission settings of
+``async_call`` (a backlog of 100 that waits, and one that holds every call),
+and ``asyncio.to_thread`` in two forms, both baselines (each call gets a
+context copy and a future of its own): 100 tasks that each await one call at
+a time, and the bounded spawn (a task per call, started once the semaphore
+gives it a place). The targets are taken against the faster of the two.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from activity import Activity
+from activity import Activity, Overflow
 from benchmarks.harness import LIMIT, Group, Loop, Pattern, Sizes, Thunk, blocking_noop
+from benchmarks.scenarios.async_call import ACTIVITY_UNBOUNDED, ACTIVITY_WAIT
 
 __all__ = ["groups"]
 
@@ -33,13 +41,27 @@ async def _workers(calls: int, call: Thunk) -> None:
             tg.create_task(worker())
 
 
-async def _activity_blocking_concurrent(calls: int) -> float:
+async def _activity_blocking(calls: int, wait: bool) -> float:
     start = time.perf_counter()
-    async with Activity(max_concurrency=LIMIT, max_pending=calls, thread_limit=LIMIT) as act:
+    if wait:
+        act = Activity(
+            max_concurrency=LIMIT, max_pending=LIMIT, overflow=Overflow.WAIT, thread_limit=LIMIT
+        )
+    else:
+        act = Activity(max_concurrency=LIMIT, max_pending=calls, thread_limit=LIMIT)
+    async with act:
         for _ in range(calls):
             await act.asynchronous_call(blocking_noop)
         await act.wait_idle()
     return time.perf_counter() - start
+
+
+async def _activity_blocking_concurrent(calls: int) -> float:
+    return await _activity_blocking(calls, wait=False)
+
+
+async def _activity_wait_blocking_concurrent(calls: int) -> float:
+    return await _activity_blocking(calls, wait=True)
 
 
 async def _to_thread_blocking_concurrent(calls: int) -> float:
@@ -47,6 +69,26 @@ async def _to_thread_blocking_concurrent(calls: int) -> float:
     loop.set_default_executor(ThreadPoolExecutor(max_workers=LIMIT))
     start = time.perf_counter()
     await _workers(calls, lambda: asyncio.to_thread(blocking_noop))
+    return time.perf_counter() - start
+
+
+async def _to_thread_spawn_blocking_concurrent(calls: int) -> float:
+    """The bounded spawn of ``async_call`` around ``asyncio.to_thread``: a task per call."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=LIMIT))
+    semaphore = asyncio.Semaphore(LIMIT)
+
+    async def one() -> None:
+        try:
+            await asyncio.to_thread(blocking_noop)
+        finally:
+            semaphore.release()
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(calls):
+            await semaphore.acquire()
+            tg.create_task(one())
     return time.perf_counter() - start
 
 
@@ -144,18 +186,22 @@ def groups(loop: Loop, sizes: Sizes) -> list[Group]:
             f"blocking callables, {LIMIT} at a time: {n:,} calls on {LIMIT} threads",
             "Plain functions run in worker threads, many in flight: what a batch of file "
             "or database calls without an async driver pays per call. The peers keep "
-            f"{LIMIT} calls in flight with {LIMIT} tasks that each await one call at a time.",
+            f"{LIMIT} calls in flight with {LIMIT} tasks that each await one call at a time; "
+            "asyncio.to_thread runs that way and as a bounded spawn (a task per call, "
+            "started once the semaphore gives it a place).",
             loop,
             "us",
             (
-                Pattern(
-                    "activity asynchronous_call",
-                    loop,
-                    "activity",
-                    n,
-                    _activity_blocking_concurrent,
-                ),
+                Pattern(ACTIVITY_WAIT, loop, "activity", n, _activity_wait_blocking_concurrent),
+                Pattern(ACTIVITY_UNBOUNDED, loop, "activity", n, _activity_blocking_concurrent),
                 Pattern("asyncio.to_thread", loop, "baseline", n, _to_thread_blocking_concurrent),
+                Pattern(
+                    "asyncio.to_thread, bounded spawn",
+                    loop,
+                    "baseline",
+                    n,
+                    _to_thread_spawn_blocking_concurrent,
+                ),
                 Pattern("loop.run_in_executor", loop, "peer", n, _executor_blocking_concurrent),
                 Pattern("anyio.to_thread.run_sync", loop, "peer", n, _anyio_blocking_concurrent),
             ),

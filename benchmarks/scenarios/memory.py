@@ -4,6 +4,10 @@ What a backlog costs, and what many slow calls in flight cost (each parked on
 an event, as on I/O), next to a bare task (queued on a semaphore, or parked
 in a task group) and aiojobs jobs. On trio, the floor of a running call is a
 bare task in a cancel scope of its own.
+
+The bare task queued on a semaphore is the naive pattern of ``async_call``;
+its bounded spawn has no queued call to measure (the submitter waits for a
+place before it creates a task), and a running call of it is a bare task.
 """
 
 from __future__ import annotations
@@ -227,6 +231,7 @@ def groups(loop: Loop, sizes: Sizes) -> list[Group]:
                 "baseline",
                 n,
                 _trio_bare_memory_queued,
+                naive=True,
             ),
         )
         running = (
@@ -243,7 +248,14 @@ def groups(loop: Loop, sizes: Sizes) -> list[Group]:
     else:
         queued = (
             Pattern("activity queued call", loop, "activity", n, activity_memory_queued),
-            Pattern("bare task waiting on a Semaphore", loop, "baseline", n, _bare_memory_queued),
+            Pattern(
+                "bare task waiting on a Semaphore",
+                loop,
+                "baseline",
+                n,
+                _bare_memory_queued,
+                naive=True,
+            ),
             Pattern("aiojobs pending job", loop, "peer", n, _aiojobs_memory_queued),
         )
         running = (

@@ -4,7 +4,12 @@ Whether a call costs the same in a huge batch as in a small one, in time and
 in memory. Two references run at the same sizes: the floor, the least any
 queued call holds (a handle and a copy of its context, run by 100 workers),
 whose growth is what the interpreter itself adds as the heap grows; and the
-bare pattern.
+naive bare pattern (a task per call, parked on the semaphore).
+
+The stronger patterns of ``async_call`` (the bounded spawn, the pool fed by a
+bounded queue, aiojobs or activity with a backlog of 100) queue nothing: the
+submitter waits for a place. They have no backlog whose growth to measure,
+and do not run here.
 """
 
 from __future__ import annotations
@@ -136,6 +141,7 @@ def groups(loop: Loop, sizes: Sizes) -> list[Group]:
                 size,
                 trio_bare_async_call if trio else bare_async_call,
                 cap(size),
+                naive=True,
             )
             for size in chosen
         ]
