@@ -8,6 +8,9 @@ function and one entry in that tuple.
 ``demo`` runs a realistic batch through a bounded activity and prints what the
 activity counted. Its output needs ``rich`` (the ``cli`` extra).
 
+``top URL`` shows a running application's statistics endpoint live (see
+:mod:`activity._top`); its table needs ``rich``, its ``--once --json`` does not.
+
 The benchmark is not a subcommand: it lives in the repository, outside the
 package (``python benchmarks/run.py`` from a clone). :data:`_MOVED` names the
 commands that left, so that running one says where it went.
@@ -38,6 +41,7 @@ from . import (
     __version__,
     hresult_of,
 )
+from ._top import http_url, run_top
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -524,8 +528,65 @@ def _run_demo(options: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+# -- top -------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
+def _add_top_command(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "top",
+        help="watch a running application's statistics endpoint live",
+        description=(
+            "Read a web application's statistics endpoint (the statistics_path of "
+            "activity's web integrations) every interval and show, for the app "
+            "activity and each open request, what is pending and running, what has "
+            "completed, failed, been cancelled or rejected, and the rates per second "
+            "between two readings. When the server cannot be read it says why and "
+            "keeps trying; Ctrl-C quits. The table needs rich: pip install "
+            "'activity[cli]'."
+        ),
+    )
+    parser.add_argument(
+        "url",
+        type=http_url,
+        help="the statistics endpoint, for example http://127.0.0.1:8000/_activity/stats",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between readings (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds a reading may take (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="read once, print the table and exit: 0 if read, 1 if not",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --once (which it implies): print the document as served, with a "
+        "'url' key, as JSON; needs no rich",
+    )
+    parser.set_defaults(run=run_top)
+
+
 #: The subcommands, each added by its function.
-_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (_add_demo_command,)
+_COMMANDS: Final[tuple[Callable[[_Commands], None], ...]] = (_add_demo_command, _add_top_command)
 
 #: Commands that are no longer part of the package, and where each went.
 _MOVED: Final = {
