@@ -39,6 +39,7 @@ from ._common import (
     reentry_host,
     run_here,
 )
+from ._runner import Runner, drive
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -87,7 +88,9 @@ class AsyncioDispatcher:
 
     __slots__ = (
         "_apartment",
+        "_free_runner",
         "_loop",
+        "_runner_context",
         "_system_tasks",
         "_thread_limit",
         "_workers",
@@ -103,6 +106,11 @@ class AsyncioDispatcher:
         self._thread_limit = activity.config.thread_limit
         self._workers: Workers | None = None
         self._system_tasks: set[asyncio.Task[None]] = set()
+        #: The runner whose call is being settled: the call that takes the place it
+        #: frees starts on it (see _runner).
+        self._free_runner: Runner | None = None
+        #: The runners' own context: each call runs in its own, inside it.
+        self._runner_context = contextvars.Context()
 
     def _lent_workers(self) -> Workers:
         workers = self._workers
@@ -163,12 +171,72 @@ class AsyncioDispatcher:
                 if not is_coroutine(coro):
                     loop.call_soon(activity.finish, call, *outcome_of_result(call, coro))
                     return
-            self._start_task(call, coro, context)
+            runner = self._free_runner
+            if runner is not None and runner.next_call is None:
+                # The place this call takes was freed by the runner's own call: it
+                # runs this one next, in the same task.
+                runner.next_call = call
+                runner.next_coro = coro
+                call.future = runner
+            else:
+                runner = Runner()
+                call.future = runner
+                runner.task = loop.create_task(
+                    self._run_calls(runner, call, coro), context=self._runner_context
+                )
         else:
             self._start_task(call, self._run_wrapped(call), context)
         extras = call.extras
         if extras is not None and extras.timeout is not None:
             extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
+
+    async def _run_calls(
+        self, runner: Runner, call: BaseCall[Any], coro: Coroutine[Any, Any, Any]
+    ) -> None:
+        """A runner: run ``call``, settle it, and run each call handed over meanwhile."""
+        host = self.host
+        task = runner.task
+        while True:
+            context = call.context
+            assert context is not None
+            stopped: BaseException | None = None
+            outcome: Outcome
+            try:
+                result = await drive(runner, coro, context)
+            except asyncio.CancelledError as exc:
+                assert task is not None
+                if task.cancelling():
+                    # The runner task itself was cancelled (the loop is ending, or
+                    # the body cancelled its task): the call ends, and so does the runner.
+                    stopped = exc
+                    outcome = CANCELLED, None, None
+                else:
+                    outcome = cancelled_outcome(call)
+            except BaseException as exc:
+                outcome = FAILED, None, exc
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    stopped = exc
+            else:
+                outcome = outcome_of_result(call, result)
+            runner.cancel_pending = False
+            extras = call.extras
+            if extras is not None and extras.timer is not None:
+                extras.timer.cancel()
+                extras.timer = None
+            call.future = None
+            # Settled in the call's context, where a task's done callback would run.
+            self._free_runner = None if stopped is not None else runner
+            try:
+                context.run(host.finish, call, *outcome)
+            finally:
+                self._free_runner = None
+            if stopped is not None:
+                raise stopped
+            next_call, next_coro = runner.next_call, runner.next_coro
+            if next_call is None or next_coro is None:
+                return
+            runner.next_call = runner.next_coro = None
+            call, coro = next_call, next_coro
 
     def _start_task(
         self, call: BaseCall[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context

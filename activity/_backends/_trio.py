@@ -34,6 +34,7 @@ from ._common import (
     run_here,
     timeout_error,
 )
+from ._runner import Runner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -102,6 +103,7 @@ class TrioDispatcher:
         "_apartment",
         "_current_time",
         "_detached",
+        "_free_runner",
         "_limiter",
         "_nursery",
         "_nursery_manager",
@@ -129,6 +131,9 @@ class TrioDispatcher:
         self._trio_token = trio.lowlevel.current_trio_token()
         self._task_name = f"activity {activity.name!r} call"
         self._start_soon: Callable[..., None] | None = None
+        #: The runner whose call is being settled: the call that takes the place it
+        #: frees runs on it next (see _backends._runner).
+        self._free_runner: Runner | None = None
         #: For a detached nursery (Activity.open()): (close it now, it has closed).
         self._detached: tuple[trio.Event, trio.Event] | None = None
 
@@ -181,10 +186,52 @@ class TrioDispatcher:
         # domain's line now, so the domain stays FIFO in submission order.
         domain = self.host.domain
         ticket = None if domain is None else domain.reserve(call.causality)
+        runner = self._free_runner
+        if (
+            runner is not None
+            and ticket is None
+            and call.kind is not BLOCKING
+            and runner.next_call is None
+        ):
+            # The place this call takes was freed by the runner's own call: it
+            # runs this one next, in the same task (see _backends._runner). Not a
+            # blocking one: its thread may outlive a cancellation inside the call's
+            # own context, which the runner then enters to settle it.
+            runner.next_call = call
+            return
         # The new task runs in a copy of the context current at start_soon.
         start_soon = self._start_soon
         assert start_soon is not None, "the dispatcher is not open"
-        context.run(start_soon, self._run, call, ticket, False)
+        context.run(start_soon, self._run_calls, call, ticket)
+
+    async def _run_calls(self, call: BaseCall[Any], ticket: Event | None) -> None:
+        """A runner task: run ``call``, then each call that settling the last handed over.
+
+        The first call runs as the task's own body, in the task's copy of its
+        context; each later one is driven step by step inside its own context,
+        in a cancel scope of its own, so that nothing of one call reaches the next.
+        """
+        runner = Runner()
+        outcome = await self._run(call, ticket, False, runner)
+        host = self.host
+        while True:
+            if outcome[0] is CANCELLED and outcome[2] is not None:
+                raise outcome[2]  # the host's cancellation: the runner ends with its call
+            next_call = runner.next_call
+            if next_call is None:
+                return
+            runner.next_call = None
+            call = next_call
+            del next_call
+            outcome = await self._run(call, None, True)
+            context = call.context
+            assert context is not None
+            host_cancelled = outcome[0] is CANCELLED and outcome[2] is not None
+            self._free_runner = None if host_cancelled else runner
+            try:
+                context.run(host.finish, call, *outcome)
+            finally:
+                self._free_runner = None
 
     async def _blocking(self, call: BaseCall[Any], run: Callable[..., Any]) -> Any:
         if self.host.bound_to_loop:
@@ -243,6 +290,7 @@ class TrioDispatcher:
         call: BaseCall[Any],
         ticket: Event | _NoTicket | None = _NO_TICKET,
         inline: bool = True,
+        runner: Runner | None = None,
     ) -> Outcome:
         """Run a call's body in its own cancel scope; a task also finishes the call.
 
@@ -319,7 +367,14 @@ class TrioDispatcher:
         finally:
             call.future = None
         if not inline:
-            activity.finish(call, *outcome)
+            # A call that ends otherwise than by the host's cancellation frees its
+            # place for the next one, which the runner then runs.
+            host_cancelled = outcome[0] is CANCELLED and outcome[2] is not None
+            self._free_runner = None if host_cancelled else runner
+            try:
+                activity.finish(call, *outcome)
+            finally:
+                self._free_runner = None
         return outcome
 
     def cancel_running(self, call: BaseCall[Any]) -> None:

@@ -1,0 +1,117 @@
+"""Runner tasks: asyncio tasks that run an activity's coroutine calls one after another.
+
+A task per call costs its creation, a done callback and a hop through the
+loop per call; under load most calls wait in the activity's queue for a
+place anyway. So on asyncio a coroutine call that starts runs in a *runner*:
+a task that runs the call, settles it, and, when settling it freed a place
+that the next queued call takes, runs that call too, without a new task.
+A runner whose call freed no place for another ends with its call.
+
+Each call still runs in its own copy of the context: the runner drives the
+call's coroutine step by step inside it (as ``drive_in_context`` does), so
+the body sees its own context, ``ActivityLocal`` values and frame, never the
+runner's or another call's.
+
+Each call is still cancelled on its own. A task is cancelled by cancelling
+the future it waits on (or, if it waits on none, by throwing the cancellation
+in at its next step); a runner does the same for the call it drives, without
+touching the task's own cancellation count, so nothing is left over for the
+next call. A cancellation of the runner task itself (the loop shutting down,
+or code that cancels ``asyncio.current_task()``) ends the call as cancelled
+and ends the runner, as it would end a task of the call's own.
+
+What a call may assume: ``asyncio.current_task()`` is the task that runs it,
+which may run other calls of the activity before and after it (never at the
+same time). Task-local state belongs in ``contextvars`` (each call has its
+own context), and a call is cancelled with ``Call.cancel()``, not by
+cancelling the current task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import contextvars
+    from collections.abc import Coroutine, Generator
+
+    from .._call import BaseCall
+
+__all__ = ["Runner", "drive"]
+
+
+class Runner:
+    """One runner task, and how to cancel the call it drives now."""
+
+    __slots__ = ("cancel_pending", "next_call", "next_coro", "task", "waiting_on")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        #: The future the current call's body waits on, if any.
+        self.waiting_on: Any = None
+        #: A cancellation asked while the body was not waiting on a future: it is
+        #: thrown into the body at its next step.
+        self.cancel_pending = False
+        #: The call that settling the current one handed to this runner.
+        self.next_call: BaseCall[Any] | None = None
+        #: Its coroutine, made when it was started.
+        self.next_coro: Coroutine[Any, Any, Any] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the current call's body, as ``Task.cancel()`` cancels a task's.
+
+        The future it waits on is cancelled, which wakes the body with the
+        cancellation; without one (it has not started, or is between steps) the
+        cancellation is thrown in at its next step.
+        """
+        waiting = self.waiting_on
+        if waiting is None or not waiting.cancel():
+            self.cancel_pending = True
+        return True
+
+
+@types.coroutine
+def drive(
+    runner: Runner, coro: Coroutine[Any, Any, Any], context: contextvars.Context
+) -> Generator[Any, Any, Any]:
+    """Run ``coro`` to completion in the runner's task, inside ``context``.
+
+    What the body yields goes up to the loop unchanged and what the loop sends
+    or throws comes back down, as a task does; a cancellation asked through
+    :meth:`Runner.cancel` while the body was not waiting is thrown in instead
+    of the next value.
+    """
+    send = coro.send
+    throw = coro.throw
+    run = context.run
+    value: Any = None
+    error: BaseException | None = None
+    if runner.cancel_pending:  # cancelled before its first step
+        runner.cancel_pending = False
+        error = asyncio.CancelledError()
+    while True:
+        try:
+            yielded = run(send, value) if error is None else run(throw, error)
+        except StopIteration as stop:
+            return stop.value
+        value = error = None
+        if runner.cancel_pending and yielded is not None and yielded.cancel():
+            # Asked while the body ran: the future it now waits on is cancelled
+            # at once, as a task whose cancel() came between its steps does.
+            runner.cancel_pending = False
+        runner.waiting_on = yielded
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            run(coro.close)
+            raise
+        except BaseException as exc:
+            error = exc
+        finally:
+            runner.waiting_on = None
+        if runner.cancel_pending:
+            runner.cancel_pending = False
+            if error is None:
+                error = asyncio.CancelledError()

@@ -1,0 +1,231 @@
+"""Calls run one after another in one task keep apart: context, cancellation, timeouts.
+
+Under load a task that ran a call goes on with the next queued call instead
+of ending (see ``activity._backends._runner``). These tests hold what each
+call may still assume: its own context, its own cancellation and timeout,
+its own failure, and exact counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from activity import (
+    Activity,
+    Call,
+    CallCancelledError,
+    CallStatus,
+    CallTimeoutError,
+    Overflow,
+)
+from activity.pytest_plugin import assert_balanced
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 10
+seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def settle(calls: list[Call[Any]]) -> None:
+    with anyio.fail_after(LIMIT):
+        for call in calls:
+            await call.wait()
+
+
+class TestBackToBack:
+    async def test_each_call_keeps_its_own_context(self) -> None:
+        async def body(i: int) -> tuple[str, str]:
+            before = seen.get()
+            seen.set(f"call-{i}")
+            await anyio.lowlevel.checkpoint()
+            return before, seen.get()
+
+        async with Activity(max_concurrency=1) as act:
+            seen.set("block")
+            calls = [await act.asynchronous_call(body, i) for i in range(50)]
+            await settle(calls)
+            assert [c.result() for c in calls] == [("block", f"call-{i}") for i in range(50)]
+            assert seen.get() == "block"
+            assert_balanced(act.statistics())
+
+    async def test_a_call_cancelled_while_queued_behind_a_running_one_never_runs(
+        self,
+    ) -> None:
+        started: list[int] = []
+
+        async def body(i: int) -> int:
+            started.append(i)
+            await anyio.lowlevel.checkpoint()
+            return i
+
+        async with Activity(max_concurrency=1) as act:
+            calls = [await act.asynchronous_call(body, i) for i in range(3)]
+            # When the first ends, the second would start in its task: cancel it then.
+            calls[0].add_done_callback(lambda _: calls[1].cancel("not wanted"))
+            await settle(calls)
+        assert calls[0].result() == 0
+        assert calls[1].status is CallStatus.CANCELLED
+        assert calls[2].result() == 2
+        assert 1 not in started or calls[1].status is CallStatus.CANCELLED
+
+    async def test_cancelling_one_call_leaves_the_next_alone(self) -> None:
+        gate = anyio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "slow"
+
+        async def quick(i: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            return i
+
+        async with Activity(max_concurrency=1) as act:
+            first = await act.asynchronous_call(slow)
+            rest = [await act.asynchronous_call(quick, i) for i in range(5)]
+            await anyio.lowlevel.checkpoint()
+            assert first.cancel("enough")
+            await settle([first, *rest])
+            assert first.status is CallStatus.CANCELLED
+            assert isinstance(first.exception(), CallCancelledError)
+            assert [c.result() for c in rest] == list(range(5))
+            assert_balanced(act.statistics())
+
+    async def test_a_call_that_cancels_itself_ends_cancelled_and_the_next_runs(
+        self,
+    ) -> None:
+        handle: list[Call[Any]] = []
+
+        async def self_cancelling() -> None:
+            handle[0].cancel("by itself")
+            await anyio.sleep_forever()
+
+        async def after() -> str:
+            await anyio.lowlevel.checkpoint()
+            return "after"
+
+        async with Activity(max_concurrency=1) as act:
+            call = await act.asynchronous_call(self_cancelling)
+            handle.append(call)
+            nxt = await act.asynchronous_call(after)
+            await settle([call, nxt])
+            assert call.status is CallStatus.CANCELLED
+            assert nxt.result() == "after"
+
+    async def test_a_timeout_ends_its_call_only(self) -> None:
+        async def sleeper() -> None:
+            await anyio.sleep_forever()
+
+        async def quick(i: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            return i
+
+        async with Activity(max_concurrency=1) as act:
+            timed = await act.asynchronous_call(sleeper, timeout=0.05)
+            rest = [await act.asynchronous_call(quick, i) for i in range(3)]
+            await settle([timed, *rest])
+            assert isinstance(timed.exception(), CallTimeoutError)
+            assert [c.result() for c in rest] == [0, 1, 2]
+
+    async def test_a_cancel_scope_inside_a_call_stays_inside_it(self) -> None:
+        async def scoped() -> bool:
+            with anyio.move_on_after(0.01) as scope:
+                await anyio.sleep_forever()
+            return scope.cancelled_caught
+
+        async def after() -> str:
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            return "after"
+
+        async with Activity(max_concurrency=1) as act:
+            calls = [await act.asynchronous_call(scoped), await act.asynchronous_call(after)]
+            await settle(calls)
+            assert calls[0].result() is True
+            assert calls[1].result() == "after"
+
+    async def test_failures_stay_with_their_call(self) -> None:
+        async def body(i: int) -> int:
+            await anyio.lowlevel.checkpoint()
+            if i % 3 == 0:
+                raise ValueError(i)
+            return i
+
+        async with Activity(max_concurrency=2, max_pending=100) as act:
+            calls = [await act.asynchronous_call(body, i) for i in range(30)]
+            await settle(calls)
+            for i, call in enumerate(calls):
+                if i % 3 == 0:
+                    assert isinstance(call.exception(), ValueError)
+                else:
+                    assert call.result() == i
+            stats = act.statistics()
+            assert (stats.completed, stats.failed) == (20, 10)
+            assert_balanced(act.statistics())
+
+    async def test_waiting_admission_runs_every_call_once(self) -> None:
+        ran: list[int] = []
+
+        async def body(i: int) -> None:
+            ran.append(i)
+            await anyio.lowlevel.checkpoint()
+
+        async with Activity(max_concurrency=4, max_pending=4, overflow=Overflow.WAIT) as act:
+            calls = [await act.asynchronous_call(body, i) for i in range(200)]
+            await settle(calls)
+            assert sorted(ran) == list(range(200))
+            assert act.statistics().completed == 200
+            assert_balanced(act.statistics())
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ],
+)
+class TestTheTaskItRunsIn:
+    async def test_cancelling_the_current_task_ends_the_call_and_not_the_next(self) -> None:
+        async def cancels_its_task() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)
+
+        async def after() -> str:
+            await asyncio.sleep(0)
+            return "after"
+
+        async with Activity(max_concurrency=1) as act:
+            first = await act.asynchronous_call(cancels_its_task)
+            nxt = await act.asynchronous_call(after)
+            await settle([first, nxt])
+            assert first.status is CallStatus.CANCELLED
+            assert nxt.result() == "after"
+            assert_balanced(act.statistics())
+
+    async def test_asyncio_timeout_inside_a_call_stays_inside_it(self) -> None:
+        async def timed() -> bool:
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(LIMIT)
+            except TimeoutError:
+                return True
+            return False
+
+        async def after() -> str:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            return "after"
+
+        async with Activity(max_concurrency=1) as act:
+            calls = [await act.asynchronous_call(timed), await act.asynchronous_call(after)]
+            await settle(calls)
+            assert calls[0].result() is True
+            assert calls[1].result() == "after"
