@@ -17,6 +17,7 @@ through the small protocols they own (``CallHost``, ``DispatchHost``,
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 import itertools
@@ -69,7 +70,7 @@ OPEN: Final = State.OPEN
 MAX_KEPT_FAILURES: Final = 100
 
 
-class CoreState:
+class CoreState(abc.ABC):
     """The state of one activity, and the checks every entry point makes."""
 
     #: The core is the frame of its activity's block, which is no call.
@@ -179,27 +180,27 @@ class CoreState:
 
     # -- what the layers above implement --------------------------------------------------
 
+    @abc.abstractmethod
     def launch(self, call: BaseCall[Any]) -> None:
         """Hand a call that was just counted as running to the backend (``_submit``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def finish(
         self, call: BaseCall[Any], status: CallStatus, result: Any, exc: BaseException | None
     ) -> None:
         """Record how ``call`` ended, tell whoever waits, route a failure (``_outcome``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def cancel_call(self, call: BaseCall[Any], reason: str | None) -> bool:
         """Cancel one call; say whether it had not finished (``_outcome``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None:
         """Call an error handler or a done callback (``_outcome``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def failure_observed(self, call: BaseCall[Any]) -> None:
         """Forget a failure someone has seen (``_outcome``)."""
-        raise NotImplementedError
 
     def open_children(self) -> list[CoreState]:
         """The open activities entered inside this one (its calls or its block)."""
