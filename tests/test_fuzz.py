@@ -37,7 +37,6 @@ is random (and keeps its database) to find new failures::
 # The machine's state is written by the loop thread, worker threads and the
 # rule thread; each field has one writer, or is only read after a join.
 
-
 from __future__ import annotations
 
 import concurrent.futures
