@@ -131,22 +131,11 @@ class CallExtras:
 
 
 class BaseCall(Generic[T_co]):
-    """What every call is; :class:`activity.Call` adds the public ``activity``.
+    """What every call is: its state, outcome, waiting and cancellation.
 
-    The handle of one call accepted by :meth:`Activity.asynchronous_call`.
-
-    Returning a ``Call`` means the activity *accepted* the work (COM+'s S_OK),
-    not that it finished. The call then ends ``COMPLETED``, ``FAILED`` or
-    ``CANCELLED``, always, and whoever awaits it is told::
-
-        call = await act.asynchronous_call(fetch, url)
-        page = await call          # the result, or the call's exception
-
-    Awaiting a call (or asking for ``result()`` / ``exception()``) *observes*
-    its failure, so the activity does not raise it again when it exits.
-    Created only by an activity.
-
-    .. versionadded:: 0.1
+    The public :class:`activity.Call` (``activity._activity``) is this plus its
+    ``activity`` property, and carries the documentation; the lower modules,
+    which cannot name ``Activity``, work with ``BaseCall``.
     """
 
     __slots__ = (
