@@ -170,6 +170,9 @@ class ActivityConfig(BaseModel):
     #: Where the calls' ``ActivityLocal`` values live: the activity's one table, or
     #: a table per call seeded from what its submitter sees.
     local_scope: LocalScope = LocalScope.ACTIVITY
+    #: Where the calls' bodies run: ``None`` for this process (tasks and worker
+    #: threads), or an executor such as :class:`activity.dask.DaskExecutor`.
+    executor: Any = Field(default=None, exclude=True)
 
     @property
     def effective_synchronization(self) -> Synchronization:
