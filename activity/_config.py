@@ -173,6 +173,10 @@ class ActivityConfig(BaseModel):
     #: Where the calls' bodies run: ``None`` for this process (tasks and worker
     #: threads), or an executor such as :class:`activity.dask.DaskExecutor`.
     executor: Any = Field(default=None, exclude=True)
+    #: Whether each call gets an OpenTelemetry span once :func:`activity.otel.instrument`
+    #: has run: ``None`` follows its ``spans`` argument, ``True`` or ``False`` decides
+    #: for this activity alone.
+    trace_calls: bool | None = Field(default=None, strict=True)
 
     @property
     def effective_synchronization(self) -> Synchronization:
