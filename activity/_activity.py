@@ -29,7 +29,7 @@ from ._context import SynchronizationDomain, frame_var
 from ._core import State
 from ._errors import ActivityError, InvalidArgumentError
 from ._lifecycle import Core
-from ._validate import check_services, make_config
+from ._validate import check_services, keywords_refused, make_config
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -309,7 +309,13 @@ class Activity:
         timeout: float | None = None,
     ) -> Call[T]: ...
     def asynchronous_call(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
-        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+        self,
+        fn: Any,
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **keywords: Any,
     ) -> Any:
         """Queue ``fn(*args)`` to run in the activity; return once it is *accepted*.
 
@@ -318,8 +324,9 @@ class Activity:
         coroutine function (run as a task on the loop), a plain callable (run in
         one of the activity's worker threads), an object with ``on_call()``
         (whose ``on_error(exc)``, if any, observes its failure), or a coroutine
-        object (then no ``args``). Keyword arguments go through
-        ``functools.partial``. A body that raises ``StopIteration`` fails the
+        object (then no ``args``). Keyword arguments for ``fn`` go through
+        ``functools.partial(fn, key=value)``: any other keyword is refused with a
+        ``TypeError`` that says so. A body that raises ``StopIteration`` fails the
         call with a ``RuntimeError`` caused by it, as Python does for a
         coroutine: no ``await`` can carry a ``StopIteration``.
 
@@ -334,7 +341,10 @@ class Activity:
         :raises ActivityClosedError: if the activity is not open, cancelled or closing
         :raises InvalidArgumentError: if ``fn``, ``name`` or ``timeout`` is not valid
         :raises WrongThreadError: if called from another thread than the activity's
+        :raises TypeError: if given a keyword argument other than ``name`` and ``timeout``
         """
+        if keywords:
+            raise keywords_refused("asynchronous_call", fn, keywords)
         return self._core.submit(fn, args, name, timeout)
 
     @overload
@@ -373,7 +383,13 @@ class Activity:
         timeout: float | None = None,
     ) -> Call[T]: ...
     def asynchronous_call_nowait(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
-        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+        self,
+        fn: Any,
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **keywords: Any,
     ) -> Any:
         """Queue ``fn(*args)`` like :meth:`asynchronous_call`, without waiting.
 
@@ -395,6 +411,8 @@ class Activity:
 
         .. versionadded:: 0.1
         """
+        if keywords:
+            raise keywords_refused("asynchronous_call_nowait", fn, keywords)
         return self._core.submit_nowait(fn, args, name, timeout)
 
     @overload
@@ -420,7 +438,7 @@ class Activity:
         self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts, timeout: float | None = None
     ) -> T: ...
     def synchronous_call(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
-        self, fn: Any, /, *args: Any, timeout: float | None = None
+        self, fn: Any, /, *args: Any, timeout: float | None = None, **keywords: Any
     ) -> Any:
         """Run ``fn(*args)`` in the activity and return its result.
 
@@ -443,7 +461,10 @@ class Activity:
         :raises ActivityClosedError: if the activity is not open, cancelled or closing
         :raises InvalidArgumentError: if ``fn`` or ``timeout`` is not valid
         :raises WrongThreadError: if called from another thread than the activity's
+        :raises TypeError: if given a keyword argument other than ``timeout``
         """
+        if keywords:
+            raise keywords_refused("synchronous_call", fn, keywords)
         return self._core.synchronous_call(fn, args, timeout)
 
     # -- thread binding and entry from other threads ---------------------------------
@@ -488,7 +509,13 @@ class Activity:
         timeout: float | None = None,
     ) -> concurrent.futures.Future[T]: ...
     def asynchronous_call_from_thread(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
-        self, fn: Any, /, *args: Any, name: str | None = None, timeout: float | None = None
+        self,
+        fn: Any,
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        **keywords: Any,
     ) -> concurrent.futures.Future[Any]:
         """Submit ``fn(*args)`` from a thread that is not the activity's loop thread.
 
@@ -507,7 +534,10 @@ class Activity:
         :raises ActivityClosedError: if the activity is not open or its loop has ended
         :raises InvalidArgumentError: if ``fn``, ``name`` or ``timeout`` is not valid
         :raises WrongThreadError: if called from the activity's own loop thread
+        :raises TypeError: if given a keyword argument other than ``name`` and ``timeout``
         """
+        if keywords:
+            raise keywords_refused("asynchronous_call_from_thread", fn, keywords)
         return _from_thread.asynchronous_call_from_thread(self._core, fn, args, name, timeout)
 
     @overload
@@ -523,7 +553,7 @@ class Activity:
         self, fn: Callable[[Unpack[Ts]], T], /, *args: *Ts, timeout: float | None = None
     ) -> T: ...
     def synchronous_call_from_thread(  # type: ignore[misc]  # mypy and TypeVarTuple overloads
-        self, fn: Any, /, *args: Any, timeout: float | None = None
+        self, fn: Any, /, *args: Any, timeout: float | None = None, **keywords: Any
     ) -> Any:
         """Run ``fn(*args)`` in the activity from another thread and return its result.
 
@@ -545,7 +575,10 @@ class Activity:
         :return: what ``fn`` returned
         :raises ActivityClosedError: if the activity is not open or its loop has ended
         :raises WrongThreadError: if called from the activity's own loop thread
+        :raises TypeError: if given a keyword argument other than ``timeout``
         """
+        if keywords:
+            raise keywords_refused("synchronous_call_from_thread", fn, keywords)
         return _from_thread.synchronous_call_from_thread(self._core, fn, args, timeout)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "check_timeout",
     "classify",
     "is_async",
+    "keywords_refused",
     "make_config",
     "refuse_coroutine",
 ]
@@ -160,3 +161,21 @@ def refuse_coroutine(fn: Any) -> None:
     """Close a coroutine object that will never run, so Python does not warn about it."""
     if inspect.iscoroutine(fn):
         fn.close()
+
+
+def keywords_refused(method: str, fn: Any, keywords: Mapping[str, Any]) -> TypeError:
+    """The error for keyword arguments given to a method that forwards positional ones only.
+
+    The methods keep ``name`` and ``timeout`` for themselves, so they forward
+    no keywords to ``fn`` (as anyio and trio do); the message shows the
+    ``functools.partial`` that does.
+    """
+    names = ", ".join(repr(key) for key in keywords)
+    target = getattr(fn, "__qualname__", None) or type(fn).__name__
+    passed = ", ".join(f"{key}=..." for key in keywords)
+    plural = "s" if len(keywords) > 1 else ""
+    return TypeError(
+        f"{method}() got unexpected keyword argument{plural} {names}: it forwards only "
+        f"positional arguments to the work; pass keywords with "
+        f"functools.partial({target}, {passed})"
+    )
