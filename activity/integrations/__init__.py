@@ -12,3 +12,6 @@ Each integration is a module of its own, imported explicitly, so that
 * :mod:`activity.integrations.aiohttp`: aiohttp, in the style of ``aiojobs.aiohttp``
   (``pip install 'activity[aiohttp]'``).
 """
+
+__all__: list[str] = []
+

@@ -134,6 +134,12 @@ __all__ = [
     "run_in_background",
 ]
 
+
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 

@@ -70,6 +70,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 # The dependencies are coroutine functions so that FastAPI runs them on the event
 # loop rather than in a worker thread.
 async def get_request_activity(connection: HTTPConnection) -> Activity:

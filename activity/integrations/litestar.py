@@ -78,6 +78,12 @@ __all__ = [
     "run_in_background",
 ]
 
+
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 _logger = logging.getLogger("activity.integrations")
 
 

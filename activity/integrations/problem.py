@@ -43,6 +43,12 @@ __all__ = [
     "resolve_status_map",
 ]
 
+
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 #: The HTTP status for an HRESULT; a code that is not here answers 500.
 #: ``RPC_E_DISCONNECTED`` (:class:`~activity.ActivityClosedError`) is there
 #: because a closing activity means the service is going away, which a client

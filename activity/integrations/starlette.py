@@ -75,6 +75,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 def request_activity(connection: HTTPConnection) -> Activity:
     """Return the activity of a request or WebSocket connection.
 
