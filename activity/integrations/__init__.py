@@ -14,4 +14,3 @@ Each integration is a module of its own, imported explicitly, so that
 """
 
 __all__: list[str] = []
-

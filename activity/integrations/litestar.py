@@ -5,15 +5,17 @@ drained by the lifespan, before the application's own shutdown hooks run) and
 every request an activity of its own, a child of the app activity. Handlers
 ask for them by name, as the dependencies ``request_activity`` and
 ``app_activity`` (Litestar 2.23 and later want them marked with
-``NamedDependency``; earlier versions take a plain ``Activity`` annotation)::
+``NamedDependency``, and a request body with ``JSONBody``; earlier versions
+take plain annotations)::
 
     from litestar import Litestar, post
     from litestar.di import NamedDependency
+    from litestar.params import JSONBody
     from activity import Activity
     from activity.integrations.litestar import ActivityPlugin, run_in_background
 
     @post("/orders")
-    async def order(data: Order, request_activity: NamedDependency[Activity]) -> Receipt:
+    async def order(data: JSONBody[Order], request_activity: NamedDependency[Activity]) -> Receipt:
         receipt = await request_activity.synchronous_call(render, data)  # before the response
         await run_in_background(send_email, receipt)                     # after it
         return receipt

@@ -7,11 +7,17 @@ request an activity of its own, a child of the app activity::
 
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
     from activity.integrations.starlette import (
         ActivityMiddleware, request_activity, run_in_background,
     )
 
-    async def order(request):
+    def render(request: Request) -> str: ...          # blocking: runs in a worker thread
+    async def send_email(receipt: str) -> None: ...
+
+    async def order(request: Request) -> PlainTextResponse:
         receipt = await request_activity(request).synchronous_call(render, request)
         await run_in_background(send_email, receipt)   # outlives the response
         return PlainTextResponse(receipt)
