@@ -12,7 +12,7 @@ its names, and :mod:`activity.integrations.problem` reads the request id here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 from pydantic import BaseModel, ConfigDict
 
@@ -164,7 +164,7 @@ class AppStatistics(BaseModel):
     .. versionadded:: 0.1
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
 
     #: The app activity's counters.
     app: ActivityStatistics

@@ -236,7 +236,7 @@ class ActivityMiddleware:
     __slots__ = ("_web", "app")
 
     def __init__(self, app: ASGIApp, **options: Unpack[WebKeywords]) -> None:
-        self.app = app
+        self.app: ASGIApp = app
         self._web = WebRuntime(WebOptions(**options))
 
     @property

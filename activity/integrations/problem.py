@@ -25,7 +25,7 @@ from __future__ import annotations
 import http
 import types
 from collections.abc import Mapping
-from typing import Final, final
+from typing import ClassVar, Final, final
 
 from pydantic import BaseModel, ConfigDict
 
@@ -81,7 +81,7 @@ class ProblemDetails(BaseModel):
     .. versionadded:: 0.1
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
 
     #: A URI reference naming the problem type; ``about:blank`` means the status says it all.
     type: str = "about:blank"
