@@ -177,6 +177,8 @@ def _add_demo_command(commands: _Commands) -> None:
 
 
 class Kind(enum.Enum):
+    """What a demo item does: wait on I/O, burn CPU, fail, time out or get cancelled."""
+
     IO = "io"
     CPU = "cpu"
     FAIL = "fail"
@@ -274,6 +276,8 @@ def _hash_blocks(seed: int, rounds: int) -> str:
 
 @dataclass(slots=True)
 class Report:
+    """What the demo saw: its statistics at the end of production and at exit, and latencies."""
+
     size: int
     options: dict[str, int]
     at_end_of_production: ActivityStatistics | None = None

@@ -55,13 +55,17 @@ Ts = TypeVarTuple("Ts")
 class AsyncServiceCall(Protocol[T_co]):
     """An object whose ``on_call()`` is a coroutine function (COM+'s ``IServiceCall``)."""
 
-    def on_call(self) -> Awaitable[T_co]: ...
+    def on_call(self) -> Awaitable[T_co]:
+        """Do the work, on the event loop."""
+        ...
 
 
 class ServiceCall(Protocol[T_co]):
     """An object with a plain ``on_call()``, run in a worker thread."""
 
-    def on_call(self) -> T_co: ...
+    def on_call(self) -> T_co:
+        """Do the work, in a worker thread."""
+        ...
 
 
 @final

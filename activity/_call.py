@@ -78,9 +78,15 @@ class Counters:
 class Event(Protocol):
     """What both ``asyncio.Event`` and ``anyio.Event`` offer."""
 
-    def set(self) -> None: ...
-    def is_set(self) -> bool: ...
-    async def wait(self) -> Any: ...
+    def set(self) -> None:
+        """Set the event, waking its waiters."""
+
+    def is_set(self) -> bool:
+        """Whether the event was set."""
+        ...
+
+    async def wait(self) -> Any:
+        """Wait until the event is set."""
 
 
 class CallHost(Protocol):
@@ -103,11 +109,22 @@ class CallHost(Protocol):
         """The backend: on asyncio it takes a call's task or thread when it ends."""
         ...
 
-    def wait_call(self, call: BaseCall[Any]) -> Coroutine[Any, Any, None]: ...
-    def cancel_call(self, call: BaseCall[Any], reason: str | None) -> bool: ...
-    def invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None: ...
-    def failure_observed(self, call: BaseCall[Any]) -> None: ...
-    def launch(self, call: BaseCall[Any]) -> None: ...
+    def wait_call(self, call: BaseCall[Any]) -> Coroutine[Any, Any, None]:
+        """Wait until ``call`` has ended (for ``await call`` and ``call.wait()``)."""
+        ...
+
+    def cancel_call(self, call: BaseCall[Any], reason: str | None) -> bool:
+        """Cancel ``call``; whether it was still running or queued."""
+        ...
+
+    def invoke_handler(self, handler: Callable[..., Any], *args: Any) -> None:
+        """Run a done callback or error handler, routing what it raises."""
+
+    def failure_observed(self, call: BaseCall[Any]) -> None:
+        """Note that ``call``'s failure was observed, so it is not raised at exit."""
+
+    def launch(self, call: BaseCall[Any]) -> None:
+        """Start ``call``, which was admitted."""
 
 
 class CallExtras:
@@ -369,14 +386,17 @@ class BaseCall(Generic[T_co]):
                 extras.callbacks.append(callback)
 
     def future_done(self, future: Any) -> None:
+        """Settle the call from the task or future that ran it (a done callback)."""
         dispatcher = self.host.dispatcher
         dispatcher.future_done(self, future)
 
     def thread_done(self, future: Any) -> None:
+        """Settle the call from the worker thread's future that ran it (a done callback)."""
         dispatcher = self.host.dispatcher
         dispatcher.thread_done(self, future)
 
     def mark_observed(self) -> None:
+        """Record that the call's outcome was read, so its failure is not raised at exit."""
         if not self.observed:
             self.observed = True
             if self.state is not COMPLETED:

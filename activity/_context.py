@@ -244,6 +244,8 @@ SynchronizationDomain.__module__ = "activity"
 
 
 class _Missing:
+    """The type of the marker for "no value set" (``None`` can be a value)."""
+
     __slots__ = ()
 
     def __repr__(self) -> str:
