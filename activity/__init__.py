@@ -31,6 +31,7 @@ from ._errors import CallTimeoutError as CallTimeoutError
 from ._errors import InvalidArgumentError as InvalidArgumentError
 from ._errors import NotImplementedHResultError as NotImplementedHResultError
 from ._errors import OutOfMemoryError as OutOfMemoryError
+from ._errors import WouldDeadlockError as WouldDeadlockError
 from ._errors import WrongThreadError as WrongThreadError
 from ._errors import error_from_hresult as error_from_hresult
 from ._errors import hresult_of as hresult_of
@@ -77,6 +78,7 @@ __all__ = (
     "Synchronization",
     "SynchronizationDomain",
     "ThreadPool",
+    "WouldDeadlockError",
     "WrongThreadError",
     "cancel_requested",
     "check_cancelled",

@@ -10,11 +10,13 @@ worker threads and never into another activity.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar, cast, final
 
-from ._errors import ActivityError
+from ._call import FINISHED, BaseCall, InlineCall
+from ._errors import ActivityError, WouldDeadlockError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,7 +29,10 @@ __all__ = [
     "Frame",
     "LocalsHost",
     "SynchronizationDomain",
+    "begin_wait",
     "call_values",
+    "check_wait",
+    "end_wait",
     "frame_var",
     "visible_values",
 ]
@@ -156,6 +161,132 @@ def visible_values(frame: Frame | None, host: LocalsHost) -> dict[Any, Any]:
     return values
 
 
+# -- the wait-for graph -----------------------------------------------------------------
+#
+# A chain (COM+'s causality: a call and the synchronous calls it waits for) that
+# holds a synchronization domain and waits for work needing that domain waits
+# forever. The graph has the chains as nodes; a chain's edges go out from what it
+# waits for, recorded only while it waits (a call it awaits, a domain it waits to
+# enter), and are read from live state when a new wait begins:
+#
+#   waiting for a domain       -> the chain that holds it
+#   waiting for a call that needs a domain held by another chain -> that chain
+#   waiting for any other unfinished call -> the call's own chain, if not the waiter's
+#
+# A new wait that leads back to its own chain would close a cycle: it raises
+# WouldDeadlockError instead. Nothing is recorded or read on the way of a call that
+# does not wait, and what is read is live state, so an edge that a finished call or
+# a handed-over domain has made stale leads nowhere.
+
+#: What each waiting chain waits for: calls it awaits, domains it waits to enter.
+_waits: Final[dict[object, list[object]]] = {}
+#: Guards _waits: a thread's chain may call back in through another loop.
+_waits_lock: Final = threading.Lock()
+
+
+class DomainHost(Protocol):
+    """What the graph reads of a call's activity: its name and its domain."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def domain(self) -> SynchronizationDomain | None: ...
+
+
+def _describe(chain: object, waiter: object) -> str:
+    if chain is waiter:
+        return "this call chain"
+    if isinstance(chain, BaseCall):
+        return f"the chain of call {chain.name!r} of activity {chain.host.name!r}"
+    if isinstance(chain, InlineCall):
+        return f"the chain of a synchronous call of activity {chain.host.name!r}"
+    return repr(chain)
+
+
+def _blocker(chain: object, waited: object, waiter: object) -> tuple[object, str] | None:
+    """The chain that ``chain``, waiting for ``waited``, waits on in turn, and why."""
+    if isinstance(waited, SynchronizationDomain):
+        owner = waited.owner
+        if owner is None or owner is chain:
+            return None  # free, or already handed to the chain
+        return owner, (
+            f"waits to enter synchronization domain {waited.name!r}, held by "
+            f"{_describe(owner, waiter)}"
+        )
+    call = cast("BaseCall[Any]", waited)
+    runs_in = call.causality
+    if call.state in FINISHED or runs_in is None:
+        return None
+    host = cast("DomainHost", call.host)
+    domain = host.domain
+    if domain is not None:
+        owner = domain.owner
+        if owner is not None and owner is not runs_in:
+            return owner, (
+                f"waits for call {call.name!r}, which needs synchronization domain "
+                f"{domain.name!r} of activity {host.name!r}, held by {_describe(owner, waiter)}"
+            )
+    if runs_in is chain:
+        return None  # the chain's own synchronous call: it goes on as the chain
+    return runs_in, f"waits for call {call.name!r}, which runs in {_describe(runs_in, waiter)}"
+
+
+def deadlock_of(chain: object, waited: object) -> list[str] | None:
+    """The steps of the cycle that ``chain`` waiting for ``waited`` would close, if any.
+
+    ``waited`` is a :class:`BaseCall` or a :class:`SynchronizationDomain`. A walk
+    over the chains that wait, from ``chain``: only a path back to ``chain`` is a
+    deadlock that this wait causes.
+    """
+    first = _blocker(chain, waited, chain)
+    if first is None:
+        return None
+    stack: list[tuple[object, list[tuple[object, str]]]] = [(first[0], [(chain, first[1])])]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if node is chain:
+            return [f"{_describe(who, chain)} {why}" for who, why in path]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for what in tuple(_waits.get(node, ())):
+            step = _blocker(node, what, chain)
+            if step is not None:
+                stack.append((step[0], [*path, (node, step[1])]))
+    return None
+
+
+def check_wait(chain: object, waited: object) -> None:
+    """Raise :class:`WouldDeadlockError` if ``chain`` waiting for ``waited`` would never end."""
+    steps = deadlock_of(chain, waited)
+    if steps is not None:
+        raise WouldDeadlockError(
+            "waiting here would deadlock: " + "; ".join(steps) + ". Nothing was waited for: "
+            "what was awaited is left as it was, and goes on once the domain is free"
+        )
+
+
+def begin_wait(chain: object, waited: object) -> None:
+    """Record that ``chain`` waits for ``waited`` (a call or a domain), for other waits to see."""
+    with _waits_lock:
+        waits = _waits.get(chain)
+        if waits is None:
+            _waits[chain] = [waited]
+        else:
+            waits.append(waited)
+
+
+def end_wait(chain: object, waited: object) -> None:
+    """Forget one wait recorded by :func:`begin_wait`."""
+    with _waits_lock:
+        waits = _waits[chain]
+        if len(waits) == 1:
+            del _waits[chain]
+        else:
+            waits.remove(waited)
+
+
 class SynchronizationDomain:
     """Lets one causality in at a time; the same causality re-enters; others wait, FIFO.
 
@@ -201,14 +332,31 @@ class SynchronizationDomain:
         return event
 
     async def wait_turn(self, causality: object, ticket: Event | None) -> None:
-        """Wait until a place taken with :meth:`reserve` comes up."""
+        """Wait until a place taken with :meth:`reserve` comes up.
+
+        :raises WouldDeadlockError: if the domain's holder waits, directly or through
+            other chains, for ``causality``: the place is given up, and nothing waits
+        """
         if ticket is None:
             return
+        if causality is None or ticket.is_set():
+            waiting = None  # no chain to record, or the turn has come already
+        else:
+            try:
+                check_wait(causality, self)
+            except WouldDeadlockError:
+                self.abandon(causality, ticket)
+                raise
+            waiting = causality
+            begin_wait(causality, self)
         try:
             await ticket.wait()
         except BaseException:
             self.abandon(causality, ticket)
             raise
+        finally:
+            if waiting is not None:
+                end_wait(waiting, self)
 
     def abandon(self, causality: object, ticket: Event | None) -> None:
         """Give up a reservation: leave if it was granted, else step out of line."""

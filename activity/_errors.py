@@ -16,7 +16,8 @@ catch for them::
           ├── NotImplementedHResultError     E_NOTIMPL            + NotImplementedError
           ├── WrongThreadError               RPC_E_WRONG_THREAD   + RuntimeError
           ├── ActivityClosedError            RPC_E_DISCONNECTED   + RuntimeError
-          └── CallPendingError               E_PENDING            + RuntimeError
+          ├── CallPendingError               E_PENDING            + RuntimeError
+          └── WouldDeadlockError             CONTEXT_E_WOULD_DEADLOCK + RuntimeError
 
 :func:`hresult_of` gives any exception a code, and :func:`error_from_hresult` turns a
 failing code back into an exception; :func:`register_hresult` adds a pair of the
@@ -47,6 +48,7 @@ __all__ = (
     "InvalidArgumentError",
     "NotImplementedHResultError",
     "OutOfMemoryError",
+    "WouldDeadlockError",
     "WrongThreadError",
     "error_from_hresult",
     "hresult_of",
@@ -288,6 +290,22 @@ class CallPendingError(ActivityError, RuntimeError):
     default_hresult = HResult.E_PENDING
 
 
+class WouldDeadlockError(ActivityError, RuntimeError):
+    """Raised when a wait would never end: the awaited work needs a domain the waiter holds.
+
+    A call chain that holds a synchronization domain waits (``await call``,
+    ``call.wait()``, ``synchronous_call``) for work that needs that domain,
+    directly or through other chains that wait in turn. The wait raises at
+    once instead of hanging; the awaited call is left as it was, and runs
+    once the domain is free (``CONTEXT_E_WOULD_DEADLOCK``).
+
+    .. versionadded:: 0.2
+    """
+
+    __module__ = "activity"
+    default_hresult = HResult.CONTEXT_E_WOULD_DEADLOCK
+
+
 # Failing code -> class, for error_from_hresult(). Each class's own code, plus codes of
 # the table whose meaning one of them already covers; any other code is ActivityError.
 _CLASS_OF_CODE: Final[dict[HResult, type[ActivityError]]] = {
@@ -304,6 +322,7 @@ _CLASS_OF_CODE: Final[dict[HResult, type[ActivityError]]] = {
         WrongThreadError,
         ActivityClosedError,
         CallPendingError,
+        WouldDeadlockError,
     )
 }
 _CLASS_OF_CODE.update(

@@ -35,7 +35,8 @@ from ._call import (
     CallStatus,
     InlineCall,
 )
-from ._context import frame_var
+from ._context import begin_wait, check_wait, end_wait, frame_var
+from ._errors import WouldDeadlockError
 from ._outcome import Settling
 from ._validate import CO_COROUTINE, CO_GENERATORS
 
@@ -234,6 +235,28 @@ class Synchronous(Settling):
         status, value, exc = await self.dispatcher.run_inline(call)  # type: ignore[union-attr]
         return self.end_inline(call, status, value, exc)
 
+    async def wait_call(self, call: BaseCall[Any]) -> None:
+        """Wait for ``call`` to finish (``await call``, ``call.wait()``, a queued synchronous call).
+
+        A wait made by a call chain is checked against the chains that wait
+        already, and recorded while it lasts: if ``call`` needs, directly or through
+        other waiting chains, a synchronization domain that the waiting chain holds,
+        the wait raises instead of hanging (see ``_context``).
+
+        :raises WouldDeadlockError: if the wait would never end; ``call`` is left as it was
+        """
+        frame = frame_var.get()
+        chain = None if frame is None else frame.causality
+        if chain is None:
+            await super().wait_call(call)
+            return
+        check_wait(chain, call)
+        begin_wait(chain, call)
+        try:
+            await super().wait_call(call)
+        finally:
+            end_wait(chain, call)
+
     def end_inline(
         self, call: BaseCall[Any], status: CallStatus, value: Any, exc: BaseException | None
     ) -> Any:
@@ -273,6 +296,9 @@ class Synchronous(Settling):
             await self.wait_for_admission(call, None)
         try:
             await call.wait()
+        except WouldDeadlockError:
+            self.cancel_call(call, "its caller's wait for it would deadlock")
+            raise
         except BaseException:
             self.cancel_call(call, "the caller of synchronous_call was cancelled")
             raise

@@ -26,6 +26,7 @@ from activity._errors import (
     InvalidArgumentError,
     NotImplementedHResultError,
     OutOfMemoryError,
+    WouldDeadlockError,
     WrongThreadError,
     error_from_hresult,
     hresult_of,
@@ -50,6 +51,7 @@ SUBCLASSES: list[tuple[type[ActivityError], HResult, tuple[type[BaseException], 
     (WrongThreadError, HResult.RPC_E_WRONG_THREAD, (RuntimeError,)),
     (ActivityClosedError, HResult.RPC_E_DISCONNECTED, (RuntimeError,)),
     (CallPendingError, HResult.E_PENDING, (RuntimeError,)),
+    (WouldDeadlockError, HResult.CONTEXT_E_WOULD_DEADLOCK, (RuntimeError,)),
 ]
 SUBCLASS_IDS = [cls.__name__ for cls, _, _ in SUBCLASSES]
 ALL_CLASSES: list[type[ActivityError]] = [ActivityError] + [cls for cls, _, _ in SUBCLASSES]
@@ -70,7 +72,7 @@ CLASS_OF_CODE: dict[HResult, type[ActivityError]] = {
     HResult.RPC_E_WRONG_THREAD: WrongThreadError,
     HResult.CONTEXT_E_ABORTED: ActivityError,
     HResult.CONTEXT_E_ABORTING: ActivityError,
-    HResult.CONTEXT_E_WOULD_DEADLOCK: ActivityError,
+    HResult.CONTEXT_E_WOULD_DEADLOCK: WouldDeadlockError,
     HResult.CONTEXT_E_SYNCH_TIMEOUT: CallTimeoutError,
     HResult.E_ACCESSDENIED: AccessDeniedError,
     HResult.E_HANDLE: InvalidArgumentError,
