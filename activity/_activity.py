@@ -116,7 +116,13 @@ class Activity:
             )
         config = make_config(config, options)
         check_services(config)
-        core = self._core = Core(config, self, Call)
+        if config.executor is None:
+            core = self._core = Core(config, self, Call)
+        else:
+            from ._remote import RemoteCore, check_executor  # the executors' own imports
+
+            check_executor(config)
+            core = self._core = RemoteCore(config, self, Call)
         if parent is not ...:
             core.requested_parent = None if parent is None else parent._core
 

@@ -1,0 +1,504 @@
+"""The Dask backend: a call's body runs on a Dask cluster, the call stays here.
+
+An activity with ``executor=DaskExecutor(client)`` keeps everything a call is
+locally: admission, counters, the queue, timeouts, cancellation, the failure
+policy and the statistics are the core's, and the call runs on the loop's own
+dispatcher as a small coroutine, :class:`RemoteBody`. That coroutine sends the
+body to the cluster and waits for its Dask future, so a call holds its place
+in the activity for as long as its body runs on a worker; cancelling the call
+(``Call.cancel()``, its timeout, the activity's shutdown) cancels the future.
+
+What travels (pickled with ``cloudpickle``, once per call): the function, its
+arguments, and a snapshot of the ``ActivityLocal`` values the call sees, keyed
+by the locals' names, taken when the call is submitted. On the worker
+(:func:`run_plain` in one of its threads, :func:`run_coroutine` on its event
+loop) ``ActivityLocal.get()`` reads that snapshot; ``set()`` writes to it, and
+nothing comes back but the result or the exception. Every way this can go
+wrong ends the call with an error of :class:`RemoteError`'s family, each with
+an HRESULT of the RPC facility, never a hang:
+
+- :class:`WorkerLostError` (``RPC_E_SERVER_DIED``): the worker running the body
+  died, as many times as the scheduler allows (``allowed-failures``), or the
+  result was lost with its worker;
+- :class:`SchedulerUnreachableError` (``RPC_S_SERVER_UNAVAILABLE``): the client
+  is closed or lost its scheduler;
+- :class:`RemoteSerializationError`: something could not be pickled or
+  unpickled; its code says which side and which way (``RPC_E_CLIENT_CANTMARSHAL_DATA``
+  and the three others of that group);
+- :class:`RemoteError` (``RPC_E_SERVERFAULT``): any other failure of the cluster.
+
+``distributed`` is imported only when an executor is made or a worker runs a
+body: ``import activity`` never imports it.
+
+Partitions: a call of an activity that names a partition holds, while its body
+runs, a lease of a ``distributed.Semaphore`` named after the partition, with
+``max_concurrency`` leases. Activities in any process of the cluster that
+name the partition so share one limit on the bodies running at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import threading
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, cast
+
+import anyio
+import anyio.to_thread
+
+from .._context import frame_var
+from .._errors import ActivityError, InvalidArgumentError, register_hresult
+from .._hresult import HResult, hresult_from_win32
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+
+__all__ = [
+    "CLIENT_CANTMARSHAL",
+    "CLIENT_CANTUNMARSHAL",
+    "SERVER_CANTMARSHAL",
+    "SERVER_CANTUNMARSHAL",
+    "DaskExecutor",
+    "RemoteBody",
+    "RemoteError",
+    "RemoteSerializationError",
+    "SchedulerUnreachableError",
+    "WorkerLostError",
+    "pickler",
+    "run_coroutine",
+    "run_plain",
+]
+
+#: RPC_E_CLIENT_CANTMARSHAL_DATA: the call (function, arguments) could not be pickled here.
+CLIENT_CANTMARSHAL: Final = HResult(0x8001000B)
+#: RPC_E_CLIENT_CANTUNMARSHAL_DATA: the result or exception could not be unpickled here.
+CLIENT_CANTUNMARSHAL: Final = HResult(0x8001000C)
+#: RPC_E_SERVER_CANTMARSHAL_DATA: the result or exception could not be pickled on the worker.
+SERVER_CANTMARSHAL: Final = HResult(0x8001000D)
+#: RPC_E_SERVER_CANTUNMARSHAL_DATA: the call could not be unpickled on the worker.
+SERVER_CANTUNMARSHAL: Final = HResult(0x8001000E)
+
+
+class RemoteError(ActivityError):
+    """A call on a Dask cluster failed for a reason of the cluster's, not of its body.
+
+    ``RPC_E_SERVERFAULT`` (``0x80010105``) unless a subclass says otherwise.
+
+    .. versionadded:: 0.3
+    """
+
+    default_hresult: ClassVar[HResult] = HResult(0x80010105)
+
+
+class WorkerLostError(RemoteError):
+    """The worker process running the call's body died (or lost its result).
+
+    ``RPC_E_SERVER_DIED`` (``0x80010007``): the body may have run in part. The
+    scheduler re-runs a task whose worker died up to its ``allowed-failures``
+    times (Dask's ``distributed.scheduler.allowed-failures``) before this is raised.
+
+    .. versionadded:: 0.3
+    """
+
+    default_hresult: ClassVar[HResult] = HResult(0x80010007)
+
+
+class SchedulerUnreachableError(RemoteError):
+    """The Dask client is closed, or cannot reach its scheduler.
+
+    ``HRESULT_FROM_WIN32(RPC_S_SERVER_UNAVAILABLE)`` (``0x800706BA``).
+
+    .. versionadded:: 0.3
+    """
+
+    default_hresult: ClassVar[HResult] = hresult_from_win32(1722)
+
+
+class RemoteSerializationError(RemoteError):
+    """A call, its result or its exception could not be pickled or unpickled.
+
+    The code says where: ``RPC_E_CLIENT_CANTMARSHAL_DATA`` (``0x8001000B``, the
+    call, here: the default), ``RPC_E_SERVER_CANTUNMARSHAL_DATA`` (``0x8001000E``,
+    the call, on the worker), ``RPC_E_SERVER_CANTMARSHAL_DATA`` (``0x8001000D``, the
+    result or exception, on the worker), ``RPC_E_CLIENT_CANTUNMARSHAL_DATA``
+    (``0x8001000C``, the result or exception, here).
+
+    .. versionadded:: 0.3
+    """
+
+    default_hresult: ClassVar[HResult] = CLIENT_CANTMARSHAL
+
+
+for _cls in (RemoteError, WorkerLostError, SchedulerUnreachableError, RemoteSerializationError):
+    register_hresult(_cls.default_hresult, _cls)
+    _cls.__module__ = "activity.dask"
+
+
+class _Pickler(Protocol):
+    """What is used of ``cloudpickle``, which has no types of its own."""
+
+    def dumps(self, obj: Any, /) -> bytes: ...
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+def pickler() -> _Pickler:
+    """``cloudpickle`` (a dependency of ``distributed``), imported on first use."""
+    return cast("_Pickler", importlib.import_module("cloudpickle"))
+
+
+# -- the worker's side ------------------------------------------------------------------
+
+#: What a worker sends back: (tag, data). OK: the pickled result; RAISED: the pickled
+#: exception; UNMARSHAL / MARSHAL: why the call or its outcome could not be (un)pickled.
+_OK: Final = 0
+_RAISED: Final = 1
+_UNMARSHAL: Final = 2
+_MARSHAL: Final = 3
+
+
+class _NamedLocals(dict[Any, Any]):
+    """The snapshot of a call's ``ActivityLocal`` values on a worker, looked up by name."""
+
+    def get(self, key: Any, default: Any = None, /) -> Any:
+        return super().get(getattr(key, "name", key), default)
+
+    def __getitem__(self, key: Any, /) -> Any:
+        return super().__getitem__(getattr(key, "name", key))
+
+    def __contains__(self, key: object, /) -> bool:
+        return super().__contains__(getattr(key, "name", key))
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        super().__setitem__(getattr(key, "name", key), value)
+
+
+class _RemoteHost:
+    """What ``ActivityLocal`` reads on a worker: the snapshot, no activity behind it."""
+
+    __slots__ = ("locals",)
+
+    activity: ClassVar[None] = None
+    origin: ClassVar[None] = None
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.locals = _NamedLocals(values)
+
+
+class _RemoteFrame:
+    """The frame of a body running on a worker: its locals are the call's snapshot."""
+
+    __slots__ = ("host",)
+
+    is_call: ClassVar[bool] = True
+    origin: ClassVar[None] = None
+    causality: ClassVar[None] = None
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.host = _RemoteHost(values)
+
+
+def _unpack(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    fn, args, pickled = pickler().loads(payload)
+    values = {name: pickler().loads(value) for name, value in pickled.items()}
+    return fn, args, values
+
+
+def _pack(tag: int, value: Any) -> tuple[int, Any]:
+    """The outcome to send back: pickled here, so that a failure to pickle is ours to report."""
+    try:
+        return tag, pickler().dumps(value)
+    except Exception as exc:
+        what = "result" if tag == _OK else f"exception {value!r}"
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        return _MARSHAL, f"the {what} could not be pickled on the worker: {detail}"
+
+
+def run_plain(payload: bytes) -> tuple[int, Any]:
+    """Run a plain callable's call on a worker, in one of its threads (a Dask task)."""
+    try:
+        fn, args, values = _unpack(payload)
+    except Exception as exc:
+        return _UNMARSHAL, "".join(traceback.format_exception_only(exc)).strip()
+    token = frame_var.set(cast("Any", _RemoteFrame(values)))
+    try:
+        result = fn(*args)
+    except Exception as exc:
+        return _pack(_RAISED, exc)
+    finally:
+        frame_var.reset(token)
+    return _pack(_OK, result)
+
+
+async def run_coroutine(payload: bytes) -> tuple[int, Any]:
+    """Run a coroutine function's call on a worker's event loop (a Dask task)."""
+    try:
+        fn, args, values = _unpack(payload)
+    except Exception as exc:
+        return _UNMARSHAL, "".join(traceback.format_exception_only(exc)).strip()
+    token = frame_var.set(cast("Any", _RemoteFrame(values)))
+    try:
+        result = await fn(*args)
+    except Exception as exc:
+        return _pack(_RAISED, exc)
+    finally:
+        frame_var.reset(token)
+    return _pack(_OK, result)
+
+
+# -- this process's side ----------------------------------------------------------------
+
+
+class _Client(Protocol):
+    """What is used of a ``distributed.Client``."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def asynchronous(self) -> bool: ...
+    @property
+    def scheduler(self) -> Any: ...
+    @property
+    def loop(self) -> Any: ...
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+    def gather(self, futures: Any, *, asynchronous: bool) -> Any: ...
+    def cancel(self, futures: Any, *, asynchronous: bool, reason: str) -> Any: ...
+
+
+class _Lease:
+    """A partition's cluster-wide budget: a ``distributed.Semaphore`` of ``max_concurrency``."""
+
+    __slots__ = ("limiter", "semaphore")
+
+    def __init__(self, client: _Client, partition: str, max_leases: int) -> None:
+        from distributed import Semaphore
+
+        self.semaphore: Any = cast("Any", Semaphore)(
+            max_leases=max_leases,
+            name=f"activity-partition-{partition}",
+            scheduler_rpc=client.scheduler,
+            loop=client.loop,
+        )
+        #: The threads that wait for leases (the semaphore's client is synchronous).
+        self.limiter = anyio.CapacityLimiter(max_leases)
+
+    async def acquire(self) -> None:
+        """Wait for a lease; a cancelled wait gives back a lease it got too late."""
+        cancelled = threading.Event()
+        semaphore = self.semaphore
+
+        def take() -> bool:
+            while not cancelled.is_set():
+                if semaphore.acquire(timeout=0.2):
+                    if cancelled.is_set():
+                        semaphore.release()
+                        return False
+                    return True
+            return False
+
+        try:
+            await anyio.to_thread.run_sync(take, limiter=self.limiter, abandon_on_cancel=True)
+        except BaseException:
+            cancelled.set()
+            raise
+
+    async def release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.semaphore.release)
+
+
+class DaskExecutor:
+    """Runs an activity's calls on a Dask cluster: ``Activity(executor=DaskExecutor(client))``.
+
+    The activity admits, queues, times out, cancels and counts its calls as
+    always; only their bodies run on the cluster: a coroutine function on a
+    worker's event loop, a plain callable in one of a worker's threads. The
+    function, its arguments and the ``ActivityLocal`` values the call sees
+    travel pickled (see :doc:`the Dask page </dask>`).
+
+    :param client: a ``distributed.Client``, synchronous (the usual one: it may
+        serve activities on any loop and thread) or asynchronous (on the
+        activity's own loop)
+    :raises InvalidArgumentError: if ``client`` is not a ``distributed.Client``
+
+    .. versionadded:: 0.3
+    """
+
+    __slots__ = ("_cancelling", "_client", "_leases")
+
+    def __init__(self, client: Any) -> None:
+        from distributed import Client
+
+        if not isinstance(client, Client):
+            raise InvalidArgumentError(
+                f"DaskExecutor needs a distributed.Client, got {client!r}",
+                field="client",
+                value=client,
+            )
+        self._client = cast("_Client", client)
+        self._leases: dict[tuple[str, int], _Lease] = {}
+        #: Cancellations under way on an asynchronous client (kept from the collector).
+        self._cancelling: set[asyncio.Future[Any]] = set()
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` the calls are submitted with."""
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<DaskExecutor {self._client!r}>"
+
+    def lease(self, partition: str, max_leases: int) -> _Lease:
+        """The cluster-wide budget of ``partition`` (one semaphore per partition and limit)."""
+        key = (partition, max_leases)
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = _Lease(self._client, partition, max_leases)
+        return lease
+
+    async def run(self, body: RemoteBody) -> Any:
+        """Run ``body`` on the cluster; return its result, raise its exception."""
+        try:
+            payload = pickler().dumps((body.fn, body.args, body.values))
+        except Exception as exc:
+            raise RemoteSerializationError(
+                f"call {body.name!r} could not be pickled to travel to the cluster: {exc}"
+            ) from exc
+        lease = body.lease
+        if lease is not None:
+            await lease.acquire()
+        try:
+            return await self._submit_and_wait(body, payload)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _submit_and_wait(self, body: RemoteBody, payload: bytes) -> Any:
+        client = self._client
+        if client.status not in ("running", "connecting", "newly-created"):
+            raise SchedulerUnreachableError(
+                f"call {body.name!r} cannot be sent: the Dask client is {client.status}"
+            )
+        task = run_coroutine if body.coroutine else run_plain
+        try:
+            future = client.submit(task, payload, pure=False, key=f"{body.name}-{uuid.uuid4().hex}")
+        except Exception as exc:
+            raise SchedulerUnreachableError(
+                f"call {body.name!r} could not be submitted to the cluster: {exc}"
+            ) from exc
+        # The result is gathered on the client's own loop (a synchronous client runs
+        # one in a thread of its own), never by blocking this one.
+        loop = asyncio.get_running_loop()
+        client_loop = cast("asyncio.AbstractEventLoop", client.loop.asyncio_loop)
+        gathering = client.gather(future, asynchronous=True)
+        try:
+            if client_loop is loop:
+                outcome = await gathering
+            else:
+                outcome = await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(gathering, client_loop)
+                )
+        except asyncio.CancelledError:
+            self._cancel(future, client_loop, loop)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the call was cancelled here: its timeout, cancel(), the shutdown
+            raise SchedulerUnreachableError(
+                f"call {body.name!r}: the Dask client's loop stopped while the call ran"
+            ) from None
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._cancel(future, client_loop, loop)
+                raise
+            raise _failure(body, exc) from exc
+        return _unpack_outcome(body, outcome)
+
+    def _cancel(
+        self, future: Any, client_loop: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Cancel ``future`` on the client's loop, without waiting for the scheduler."""
+        try:
+            cancelling = self._client.cancel([future], asynchronous=True, reason="cancelled")
+            if client_loop is loop:
+                task = asyncio.ensure_future(cancelling)
+                self._cancelling.add(task)
+                task.add_done_callback(self._cancelling.discard)
+            else:
+                asyncio.run_coroutine_threadsafe(cancelling, client_loop)
+        except Exception:  # the client went away meanwhile: its futures went with it
+            return
+
+
+def _unpack_outcome(body: RemoteBody, outcome: tuple[int, Any]) -> Any:
+    """The body's result, or its exception raised, from what the worker sent back."""
+    tag, data = outcome
+    if tag == _UNMARSHAL:
+        raise RemoteSerializationError(
+            f"call {body.name!r} could not be unpickled on the worker: {data}",
+            hresult=SERVER_CANTUNMARSHAL,
+        )
+    if tag == _MARSHAL:
+        raise RemoteSerializationError(f"call {body.name!r}: {data}", hresult=SERVER_CANTMARSHAL)
+    try:
+        value = pickler().loads(data)
+    except Exception as exc:
+        what = "result" if tag == _OK else "exception"
+        raise RemoteSerializationError(
+            f"the {what} of call {body.name!r} could not be unpickled here: {exc}",
+            hresult=CLIENT_CANTUNMARSHAL,
+        ) from exc
+    if tag == _RAISED:
+        raise value
+    return value
+
+
+def _failure(body: RemoteBody, error: Exception) -> RemoteError:
+    """The error that ends a call whose Dask future did not finish."""
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    name = body.name
+    if isinstance(error, KilledWorker):
+        return WorkerLostError(f"call {name!r}: the worker running it died ({error})")
+    if isinstance(
+        error, (CommClosedError, OSError, TimeoutError, concurrent.futures.CancelledError)
+    ):
+        # Not this call's cancellation, which is a local one: the cluster's.
+        return SchedulerUnreachableError(
+            f"call {name!r}: the cluster cannot be reached, or dropped the call ({error})"
+        )
+    return RemoteError(f"call {name!r} failed on the cluster: {error!r}")
+
+
+class RemoteBody:
+    """The body of a call that runs on the cluster: calling it gives the local coroutine.
+
+    Made when the call is submitted, in place of the call's function; it keeps
+    the function's ``__qualname__`` so that the call's name is unchanged.
+    """
+
+    def __init__(
+        self,
+        executor: DaskExecutor,
+        fn: Any,
+        args: tuple[Any, ...],
+        coroutine: bool,
+        values: dict[str, Any],
+        lease: _Lease | None,
+    ) -> None:
+        self.executor = executor
+        self.fn = fn
+        self.args = args
+        self.coroutine = coroutine
+        self.values = values
+        self.lease = lease
+        qualname = getattr(fn, "__qualname__", None)
+        self.__qualname__: str = qualname if isinstance(qualname, str) else type(fn).__qualname__
+        #: The call's name, for messages and task keys (set once the call is made).
+        self.name = self.__qualname__
+
+    def __call__(self) -> Coroutine[Any, Any, Any]:
+        return self.executor.run(self)
