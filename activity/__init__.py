@@ -41,6 +41,7 @@ from ._hresult import HResult as HResult
 from ._hresult import failed as failed
 from ._hresult import hresult_from_win32 as hresult_from_win32
 from ._hresult import succeeded as succeeded
+from ._keyed import KeyedActivity as KeyedActivity
 from ._outcome import cancel_requested as cancel_requested
 from ._outcome import check_cancelled as check_cancelled
 from ._services import create_activity as create_activity
@@ -69,6 +70,7 @@ __all__ = (
     "HResult",
     "Inheritance",
     "InvalidArgumentError",
+    "KeyedActivity",
     "LocalScope",
     "NotImplementedHResultError",
     "OutOfMemoryError",
