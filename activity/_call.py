@@ -66,13 +66,13 @@ class Counters:
     __slots__ = ("accepted", "cancelled", "completed", "failed", "pending", "rejected", "running")
 
     def __init__(self) -> None:
-        self.accepted = 0
-        self.rejected = 0
-        self.pending = 0
-        self.running = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
+        self.accepted: int = 0
+        self.rejected: int = 0
+        self.pending: int = 0
+        self.running: int = 0
+        self.completed: int = 0
+        self.failed: int = 0
+        self.cancelled: int = 0
 
 
 class Event(Protocol):
@@ -138,9 +138,9 @@ class CallExtras:
     __slots__ = ("callbacks", "cancel_reason", "error_target", "event", "name", "timeout", "timer")
 
     def __init__(self, error_target: Any, name: str | None, timeout: float | None) -> None:
-        self.error_target = error_target
-        self.name = name
-        self.timeout = timeout
+        self.error_target: Any = error_target
+        self.name: str | None = name
+        self.timeout: float | None = timeout
         self.timer: Any = None
         self.event: Event | None = None
         self.callbacks: list[Callable[[Any], object]] | None = None

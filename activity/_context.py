@@ -297,7 +297,7 @@ class SynchronizationDomain:
     __slots__ = ("_depth", "_new_event", "_owner", "_waiters", "name")
 
     def __init__(self, name: str, new_event: Callable[[], Event]) -> None:
-        self.name = name
+        self.name: str = name
         self._new_event = new_event
         self._owner: object | None = None
         self._depth = 0
