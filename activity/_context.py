@@ -262,8 +262,8 @@ def check_wait(chain: object, waited: object) -> None:
     steps = deadlock_of(chain, waited)
     if steps is not None:
         raise WouldDeadlockError(
-            "waiting here would deadlock: " + "; ".join(steps) + ". Nothing was waited for: "
-            "what was awaited is left as it was, and goes on once the domain is free"
+            "waiting here would deadlock: " + "; ".join(steps) + ". The awaited work is "
+            "left as it was, to run once the domain is free"
         )
 
 
