@@ -18,7 +18,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._workers import WorkItem
+from ._workers import ThreadGauge, WorkItem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,10 +51,12 @@ class _StaThread:
 class Apartment:
     """The single-threaded apartment of an STA activity (see the module doc)."""
 
-    __slots__ = ("_bound", "_name", "_numbers", "_retired", "_thread")
+    __slots__ = ("_bound", "_name", "_numbers", "_retired", "_thread", "gauge")
 
     def __init__(self, name: str, *, bound: bool) -> None:
         self._name = name
+        #: The calls that wait for the apartment's thread (it runs one at a time).
+        self.gauge = ThreadGauge()
         self._bound = bound
         self._numbers = itertools.count(1)
         self._thread: _StaThread | None = None
@@ -78,7 +80,7 @@ class Apartment:
             number = next(self._numbers)
             suffix = "" if number == 1 else f"-{number}"
             thread = self._thread = _StaThread(f"activity-{self._name}-sta{suffix}")
-        item = WorkItem(run, fn, args, on_done)
+        item = WorkItem(run, fn, args, on_done, self.gauge)
         thread.queue.put(item)
         return item
 

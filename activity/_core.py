@@ -27,13 +27,15 @@ from threading import current_thread, get_ident
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
+from anyio import CapacityLimiter
 
 from ._admission import Admission
 from ._call import BaseCall, CallStatus, Counters, InlineCall
 from ._config import ActivityConfig, FailurePolicy, LocalScope, ThreadPool
 from ._context import CallLocals, Frame, frame_var
 from ._errors import ActivityClosedError, WrongThreadError
-from ._tracking import ActivityStatistics, PartitionStatistics
+from ._tracking import ActivityStatistics, Histogram, PartitionStatistics
+from ._workers import Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,12 +111,15 @@ class CoreState(abc.ABC):
         "parent",
         "requested_parent",
         "running_calls",
+        "runs",
+        "since",
         "state",
         "thread_id",
         "thread_model",
         "timeout",
         "token",
         "unobserved",
+        "waits",
         "wake_token",
     )
 
@@ -150,6 +155,11 @@ class CoreState(abc.ABC):
         self.calls_own_locals = config.local_scope is LocalScope.CALL
         self.locals: dict[Any, Any] = CallLocals(self) if self.calls_own_locals else {}
         self.running_calls: set[BaseCall[Any]] = set()
+        #: When each accepted call was submitted, then when it started (perf_counter_ns).
+        self.since: dict[BaseCall[Any], int] = {}
+        #: How long calls waited to start, and how long they ran.
+        self.waits = Histogram()
+        self.runs = Histogram()
         #: Synchronous calls running inline in their callers' tasks, not yet Calls.
         self.inline_calls: set[InlineCall] = set()
         self.unobserved: dict[int, BaseCall[Any]] = {}
@@ -207,23 +217,51 @@ class CoreState(abc.ABC):
         return [child for child in self.children if child.state is not State.CLOSED]
 
     def statistics(self) -> ActivityStatistics:
-        """Return a frozen snapshot of the counters."""
+        """Return a frozen snapshot of the counters and durations (from any thread)."""
         c = self.counters
         a = self.admission
+        running = c.running
+        waiting = min(self.threads_waiting(), running)
         return ActivityStatistics.model_construct(
             name=self.name,
             id=self.ident,
             accepted=c.accepted,
             rejected=c.rejected,
             pending=c.pending,
-            running=c.running,
+            running=running - waiting,
             completed=c.completed,
             failed=c.failed,
             cancelled=c.cancelled,
             max_concurrency=a.max_concurrency,
             max_pending=a.max_pending,
             partition=a.partition,
+            waiting_for_thread=waiting,
+            wait_time=self.waits.snapshot(),
+            run_time=self.runs.snapshot(),
         )
+
+    def threads_waiting(self) -> int:
+        """How many of the running (admitted) calls wait for a thread to take them.
+
+        The calls queued for the STA thread, or for a worker thread past the
+        activity's ``thread_limit``: the apartment's and the worker share's gauges
+        on asyncio, the thread limiter's waiting tasks on trio.
+        """
+        waiting = 0
+        apartment = self.apartment
+        if apartment is not None:
+            waiting += apartment.gauge.waiting
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return waiting
+        # The backends keep these to themselves; they are read, never changed.
+        workers = getattr(dispatcher, "_workers", None)
+        if isinstance(workers, Workers):
+            waiting += workers.gauge.waiting
+        limiter = getattr(dispatcher, "_limiter", None)
+        if isinstance(limiter, CapacityLimiter):
+            waiting += limiter.statistics().tasks_waiting
+        return waiting
 
     def partition_statistics(self) -> PartitionStatistics | None:
         """Return a snapshot of the partition's shared budget, or ``None`` outside any."""

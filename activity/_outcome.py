@@ -14,6 +14,7 @@ call's own body.
 from __future__ import annotations
 
 import inspect
+from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -36,7 +37,7 @@ from ._context import frame_var
 from ._core import MAX_KEPT_FAILURES, OPEN, CoreState, State
 from ._errors import ActivityClosedError, ActivityError, CallCancelledError
 from ._submit import Submitting
-from ._tracking import EventKind
+from ._tracking import BUCKETS, EventKind
 from ._validate import refuse_coroutine
 
 if TYPE_CHECKING:
@@ -61,6 +62,20 @@ class Settling(Submitting):
             call.fn.close()  # it never ran: Python must not warn that it was never awaited
         freed = self.admission.finish(call, status)
         self.running_calls.discard(call)
+        since = self.since.pop(call, None)
+        ran = -1
+        if since is not None and started is RUNNING:
+            # The run's histogram: _tracking.bucket_of() inlined, its constants too.
+            ran = perf_counter_ns() - since
+            runs = self.runs
+            if ran < 1024:
+                runs.counts[0] += 1
+            else:
+                bits = ran.bit_length()
+                index = ((bits - 11) << 2) + ((ran >> (bits - 3)) & 3) + 1
+                runs.counts[index if index < BUCKETS else BUCKETS - 1] += 1
+                if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
+                    runs.max = ran
         if status is COMPLETED:
             call.value = result
         elif status is FAILED:
@@ -83,6 +98,8 @@ class Settling(Submitting):
             extras.callbacks = None
             for callback in callbacks:
                 self.invoke_handler(callback, call)
+        if _tracking.hook is not None:
+            _tracking.hook.finished(self, call, ran)
         if _tracking.listeners:
             _tracking.emit(EventKind.CALL_FINISHED, self, call)
         admission = self.admission

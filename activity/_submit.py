@@ -12,6 +12,7 @@ from __future__ import annotations
 from asyncio import _get_running_loop  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
 from contextvars import copy_context
 from threading import get_ident
+from time import perf_counter_ns
 from types import FunctionType
 from typing import Any
 
@@ -21,7 +22,7 @@ from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, BaseCall, Kind
 from ._config import Overflow
 from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
-from ._errors import AsyncWorkRejectedError
+from ._errors import ActivityClosedError, AsyncWorkRejectedError
 from ._tracking import EventKind
 from ._validate import (
     CO_COROUTINE,
@@ -49,6 +50,9 @@ class Submitting(CoreState):
         admission = self.admission
         if admission.can_run_now():
             admission.accept_running(call)
+            self.waits.counts[0] += 1  # it waited for nothing
+            if _tracking.hook is not None:
+                _tracking.hook.started(self, call, 0)
             self.launch(call)
         elif admission.can_queue():
             admission.accept_pending(call)
@@ -67,6 +71,9 @@ class Submitting(CoreState):
         admission = self.admission
         if admission.can_run_now():
             admission.accept_running(call)
+            self.waits.counts[0] += 1  # it waited for nothing
+            if _tracking.hook is not None:
+                _tracking.hook.started(self, call, 0)
             self.launch(call)
         elif admission.can_queue():
             admission.accept_pending(call)
@@ -102,8 +109,10 @@ class Submitting(CoreState):
             call_timeout = self.timeout if timeout is None else check_timeout(timeout, None)
             if name is not None:
                 check_name(name)
-        except BaseException:
+        except BaseException as error:
             refuse_coroutine(fn)
+            if _tracking.hook is not None and isinstance(error, ActivityClosedError):
+                _tracking.hook.rejected(self, None, "closing")
             raise
         return kind, body, target, call_timeout
 
@@ -150,6 +159,10 @@ class Submitting(CoreState):
             # LocalScope.CALL: the call starts a table of values of its own, a copy of
             # what its submitter sees (as a task starts with a copy of the context).
             context.run(call_values.set, (self, visible_values(frame, self)))
+        # Its wait is timed from here; finish() forgets it.
+        self.since[call] = perf_counter_ns()
+        if _tracking.hook is not None:
+            _tracking.hook.accepted(self, call)
         return call
 
     def origin_of(self, frame: Frame | None) -> Any:
@@ -171,10 +184,14 @@ class Submitting(CoreState):
             if not waiter.event.is_set():
                 self.admission.waiters.remove(waiter)
                 refuse_coroutine(call.fn)
+                self.since.pop(call, None)
             # else: the call was accepted before the cancellation arrived; it runs.
             raise
         if waiter.refused is not None:
             refuse_coroutine(call.fn)
+            self.since.pop(call, None)
+            if _tracking.hook is not None:
+                _tracking.hook.rejected(self, call, "closing")
             raise waiter.refused
         if not admitted:
             self.admission.waiters.remove(waiter)
@@ -183,6 +200,9 @@ class Submitting(CoreState):
     def reject(self, call: BaseCall[Any], fn: Any, waited: float | None = None) -> None:
         self.counters.rejected += 1
         refuse_coroutine(fn)
+        self.since.pop(call, None)
+        if _tracking.hook is not None:
+            _tracking.hook.rejected(self, call, "full")
         if _tracking.listeners:
             _tracking.emit(EventKind.CALL_REJECTED, self, call)
         a = self.admission
@@ -211,7 +231,7 @@ class Submitting(CoreState):
         while True:
             call = admission.pop_ready()
             if call is not None:
-                call.host.launch(call)
+                self.started_queued(call)
                 continue
             waiter = admission.pop_waiter()
             if waiter is None:
@@ -220,10 +240,23 @@ class Submitting(CoreState):
             # Not can_run_now(): the waiters behind this one are no reason to queue it.
             if admission.slots < admission.max_concurrency and not admission.pending:
                 admission.accept_running(call)
-                call.host.launch(call)
+                self.started_queued(call)
             else:
                 admission.accept_pending(call)
             waiter.event.set()
+
+    @staticmethod
+    def started_queued(call: BaseCall[Any]) -> None:
+        """Launch a call that waited (queued, or parked): its wait ends, its run begins."""
+        host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+        since = host.since
+        now = perf_counter_ns()
+        waited = now - since.get(call, now)
+        since[call] = now
+        host.waits.add(waited)
+        if _tracking.hook is not None:
+            _tracking.hook.started(host, call, waited)
+        host.launch(call)
 
     def refuse_waiters(self, error: BaseException) -> None:
         for waiter in self.admission.take_waiters_of(self):

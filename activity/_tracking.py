@@ -3,6 +3,12 @@
 The activity's core reports here; :mod:`activity.tracking` is the public face
 (it builds each :class:`~activity.tracking.TrackingEvent`, and knows the
 public types this module never names).
+
+The core also times its calls here: a :class:`Histogram` per activity for the
+time a call waits before it starts and one for the time it runs, each a fixed
+list of log-spaced buckets that a call adds one to (no list grows per call, no
+sort). :data:`hook` is where :mod:`activity.otel` listens to a call's edges
+while it is instrumented; the core pays one test of ``None`` per edge otherwise.
 """
 
 from __future__ import annotations
@@ -17,20 +23,123 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "BUCKETS",
     "ActivityStatistics",
+    "CallHook",
     "EventKind",
+    "Histogram",
+    "LatencyStatistics",
     "PartitionStatistics",
     "Reporter",
+    "bucket_of",
     "emit",
+    "hook",
     "listeners",
     "live",
 ]
 
+#: Durations are kept in nanoseconds. Bucket 0 holds those under 2**_FIRST_OCTAVE ns
+#: (about 1 µs); past that, each power of two is split in four buckets (each about 19 %
+#: wider than the one before), up to 2**_LAST_OCTAVE ns (about 78 hours), and the last
+#: bucket takes anything longer.
+_FIRST_OCTAVE = 10
+_LAST_OCTAVE = 48
+#: How many buckets a :class:`Histogram` has.
+BUCKETS = (_LAST_OCTAVE - _FIRST_OCTAVE) * 4 + 2
+
+
+def bucket_of(nanoseconds: int) -> int:
+    """The bucket of a duration (the core inlines this on its hot paths)."""
+    if nanoseconds < 1 << _FIRST_OCTAVE:
+        return 0
+    bits = nanoseconds.bit_length()
+    index = ((bits - _FIRST_OCTAVE - 1) << 2) + ((nanoseconds >> (bits - 3)) & 3) + 1
+    return index if index < BUCKETS else BUCKETS - 1
+
+
+def upper_bound(index: int) -> int:
+    """The largest duration (ns, exclusive) that bucket ``index`` holds."""
+    if index == 0:
+        return 1 << _FIRST_OCTAVE
+    bits = ((index - 1) >> 2) + _FIRST_OCTAVE + 1
+    return (5 + ((index - 1) & 3)) << (bits - 3)
+
+
+class Histogram:
+    """Counts of durations in fixed log-spaced buckets, and the longest one seen.
+
+    Adding a duration is one integer increment (and a comparison for the
+    maximum); a percentile is read by walking the buckets, and is the upper
+    bound of the bucket it falls in (at most about 19 % high), never above
+    the maximum.
+    """
+
+    __slots__ = ("counts", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKETS
+        #: The longest duration added, in nanoseconds.
+        self.max = 0
+
+    def add(self, nanoseconds: int) -> None:
+        """Count one duration."""
+        self.counts[bucket_of(nanoseconds)] += 1
+        if nanoseconds > self.max:  # noqa: PLR1730  # max() is a call
+            self.max = nanoseconds
+
+    def snapshot(self) -> LatencyStatistics:
+        """The count, percentiles and maximum, in seconds."""
+        counts = list(self.counts)  # a copy: the loop may add while another thread reads
+        total = sum(counts)
+        if not total:
+            return LatencyStatistics()
+        longest = self.max
+        ranks = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")]
+        found: dict[str, float] = {}
+        seen = 0
+        for index, count in enumerate(counts):
+            if not count:
+                continue
+            seen += count
+            while ranks and seen >= ranks[0][0] * total:
+                _, field = ranks.pop(0)
+                found[field] = min(upper_bound(index), longest) / 1e9
+            if not ranks:
+                break
+        for _, field in ranks:  # the maximum was added after the counts were copied
+            found[field] = longest / 1e9
+        return LatencyStatistics(count=total, max=longest / 1e9, **found)
+
+
+class LatencyStatistics(BaseModel):
+    """Percentiles of one kind of duration of an activity's calls, in seconds.
+
+    Read from fixed log-spaced buckets: a percentile is the upper bound of its
+    bucket (at most about 19 % above the true value) and never above ``max``.
+    All are ``None`` until a call has been timed.
+
+    .. versionadded:: 0.1
+    """
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
+
+    #: How many durations were counted.
+    count: int = 0
+    #: The median.
+    p50: float | None = None
+    #: The 90th percentile.
+    p90: float | None = None
+    #: The 99th percentile.
+    p99: float | None = None
+    #: The longest.
+    max: float | None = None
+
 
 class ActivityStatistics(BaseModel):
-    """A frozen snapshot of an activity's counters.
+    """A frozen snapshot of an activity's counters and call durations.
 
-    At every snapshot ``accepted == pending + running + completed + failed + cancelled``;
+    At every snapshot
+    ``accepted == pending + waiting_for_thread + running + completed + failed + cancelled``;
     ``rejected`` counts the calls that were never accepted.
 
     .. versionadded:: 0.1
@@ -48,7 +157,7 @@ class ActivityStatistics(BaseModel):
     rejected: int
     #: Accepted calls waiting for a place to run.
     pending: int
-    #: Calls whose body is running.
+    #: Calls whose body is running (a blocking call: on a thread).
     running: int
     #: Calls that returned.
     completed: int
@@ -61,6 +170,14 @@ class ActivityStatistics(BaseModel):
     max_pending: int
     #: The partition whose budget the activity shares, if any.
     partition: str | None = None
+    #: Blocking calls that hold a place to run but wait for a thread: a worker
+    #: thread (past ``thread_limit``) or the STA thread, busy with another call.
+    waiting_for_thread: int = 0
+    #: How long calls waited from their submission until they started (a place to
+    #: run; the wait for a thread is part of ``run_time``).
+    wait_time: LatencyStatistics = LatencyStatistics()
+    #: How long calls ran, from their start until they ended.
+    run_time: LatencyStatistics = LatencyStatistics()
 
     @property
     def finished(self) -> int:
@@ -69,8 +186,8 @@ class ActivityStatistics(BaseModel):
 
     @property
     def in_flight(self) -> int:
-        """Accepted calls that have not ended: pending + running."""
-        return self.pending + self.running
+        """Accepted calls that have not ended: pending + waiting_for_thread + running."""
+        return self.pending + self.waiting_for_thread + self.running
 
 
 class PartitionStatistics(BaseModel):
@@ -113,6 +230,33 @@ class Reporter(Protocol):
     def listener_failed(self, error: BaseException) -> None: ...
 
 
+class CallHook(Protocol):
+    """What listens to the edges of every call while :data:`hook` is set (``activity.otel``).
+
+    Each method runs on the activity's loop, in the middle of the core's own
+    bookkeeping: it must be quick and must not raise.
+    """
+
+    def accepted(self, core: Any, call: Any) -> None:
+        """``call`` was made and is about to be admitted (its context is ready)."""
+        ...
+
+    def started(self, core: Any, call: Any, waited: int) -> None:
+        """``call`` got a place to run after waiting ``waited`` ns."""
+        ...
+
+    def finished(self, core: Any, call: Any, ran: int) -> None:
+        """``call`` ended (its status is set); it ran ``ran`` ns, or -1 if it never started."""
+        ...
+
+    def rejected(self, core: Any, call: Any, reason: str) -> None:
+        """A call was refused: ``"full"`` (no room) or ``"closing"``; ``call`` may be None."""
+        ...
+
+
+#: The instrumentation that listens to every call's edges, if any.
+hook: CallHook | None = None
+
 #: Each takes (kind, activity, call) and tells one user listener; set by ``activity.tracking``.
 listeners: list[Callable[[EventKind, Any, Any], object]] = []
 #: The public activities that are open now.
@@ -132,4 +276,5 @@ def emit(kind: EventKind, reporter: Reporter, call: Any = None) -> None:
 
 
 ActivityStatistics.__module__ = "activity"
+LatencyStatistics.__module__ = "activity.tracking"
 PartitionStatistics.__module__ = "activity"

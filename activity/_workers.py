@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKER_IDLE_MAX",
     "WORKER_IDLE_TIMEOUT",
+    "ThreadGauge",
     "WorkItem",
     "WorkerPool",
     "Workers",
@@ -63,6 +64,29 @@ _CANCELLED: Final = 3
 _claim = threading.Lock()
 
 
+class ThreadGauge:
+    """How many of one owner's work items wait for a thread: given, less those that left.
+
+    ``queued`` is written only by the thread that submits the items (the loop's),
+    ``left`` only under the lock that a work item starts or is cancelled under;
+    each only grows, so a reader on any thread sees a ``waiting`` that is at most
+    a few items stale and never below zero.
+    """
+
+    __slots__ = ("left", "queued")
+
+    def __init__(self) -> None:
+        #: Items handed to the owner's threads.
+        self.queued = 0
+        #: Items that a thread started, or that were cancelled (or failed to start) first.
+        self.left = 0
+
+    @property
+    def waiting(self) -> int:
+        """Items handed over that no thread has started yet."""
+        return max(0, self.queued - self.left)
+
+
 class WorkItem:
     """A blocking body handed to a thread, and its outcome.
 
@@ -78,7 +102,7 @@ class WorkItem:
     coroutines, which cannot raise a ``StopIteration``.
     """
 
-    __slots__ = ("_exception", "_on_done", "_result", "_state", "args", "fn", "run")
+    __slots__ = ("_exception", "_on_done", "_result", "_state", "args", "fn", "gauge", "run")
 
     def __init__(
         self,
@@ -86,11 +110,16 @@ class WorkItem:
         fn: Any,
         args: tuple[Any, ...],
         on_done: Callable[[WorkItem], object] | None,
+        gauge: ThreadGauge | None = None,
     ) -> None:
         self.run: Callable[..., Any] | None = run
         self.fn = fn
         self.args = args
         self._on_done = on_done
+        #: Counts the item as waiting until a thread starts it (see ThreadGauge).
+        self.gauge = gauge
+        if gauge is not None:
+            gauge.queued += 1
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -104,6 +133,9 @@ class WorkItem:
             started = self._state == _PENDING
             if started:
                 self._state = _RUNNING
+                gauge = self.gauge
+                if gauge is not None:
+                    gauge.left += 1
         if not started:
             return False  # cancelled while queued: cancel() has told on_done
         run, fn, args = self.run, self.fn, self.args
@@ -137,6 +169,9 @@ class WorkItem:
             state = self._state
             if state == _PENDING:
                 self._state = _CANCELLED
+                gauge = self.gauge
+                if gauge is not None:
+                    gauge.left += 1
         if state == _PENDING:
             self.run = self.fn = None
             self.args = ()
@@ -291,7 +326,7 @@ class Workers:
     :param pool: the threads to share (default: the process's)
     """
 
-    __slots__ = ("_open", "_pool", "backlog", "busy", "limit")
+    __slots__ = ("_open", "_pool", "backlog", "busy", "gauge", "limit")
 
     def __init__(self, limit: int, pool: WorkerPool | None = None) -> None:
         self.limit = limit
@@ -300,6 +335,8 @@ class Workers:
         self.busy = 0
         #: Items waiting for a place, in submission order.
         self.backlog: deque[WorkItem] = deque()
+        #: The share's items that wait for a thread (a place, or a thread to take them).
+        self.gauge = ThreadGauge()
         self._open = True
         with pool.lock:
             pool.capacity += limit
@@ -312,7 +349,7 @@ class Workers:
         on_done: Callable[[WorkItem], object] | None = None,
     ) -> WorkItem:
         """Run ``run(fn, *args)`` on a thread of the pool; ``on_done`` is told when it ends."""
-        item = WorkItem(run, fn, args, on_done)
+        item = WorkItem(run, fn, args, on_done, self.gauge)
         self._start_thread(item)
         return item
 
@@ -346,6 +383,8 @@ class Workers:
                 if not alone:
                     self.backlog.appendleft(item)  # it came before those queued
             if alone:
+                with _claim:
+                    self.gauge.left += 1  # it will never start
                 raise
 
     def next_queued(self) -> WorkItem | None:

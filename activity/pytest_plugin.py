@@ -28,18 +28,25 @@ __all__ = ["activity_factory", "assert_balanced"]
 def assert_balanced(statistics: ActivityStatistics) -> None:
     """Assert that every accepted call is accounted for.
 
-    :raises AssertionError: if ``accepted != pending + running + completed + failed + cancelled``
+    :raises AssertionError: if ``accepted != pending + waiting_for_thread + running +
+        completed + failed + cancelled``, or if a count is negative
     """
-    total = (
-        statistics.pending
-        + statistics.running
-        + statistics.completed
-        + statistics.failed
-        + statistics.cancelled
+    counts = {
+        "pending": statistics.pending,
+        "waiting_for_thread": statistics.waiting_for_thread,
+        "running": statistics.running,
+        "completed": statistics.completed,
+        "failed": statistics.failed,
+        "cancelled": statistics.cancelled,
+    }
+    negative = [name for name, count in counts.items() if count < 0]
+    assert not negative, (
+        f"activity {statistics.name!r} has negative counts {negative} ({statistics!r})"
     )
+    total = sum(counts.values())
     assert statistics.accepted == total, (
         f"activity {statistics.name!r} lost calls: accepted={statistics.accepted} but "
-        f"pending+running+completed+failed+cancelled={total} ({statistics!r})"
+        f"pending+waiting_for_thread+running+completed+failed+cancelled={total} ({statistics!r})"
     )
 
 

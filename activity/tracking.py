@@ -1,6 +1,7 @@
 """Statistics and events for every activity (COM+'s tracker service).
 
-``Activity.statistics()`` returns an :class:`ActivityStatistics` record. This
+``Activity.statistics()`` returns an :class:`ActivityStatistics` record, with
+the calls' wait and run percentiles as :class:`LatencyStatistics`. This
 module also knows every live activity (:func:`live_activities`) and lets
 monitoring code subscribe to what happens (:func:`add_listener`)::
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _tracking
 from ._errors import InvalidArgumentError
-from ._tracking import ActivityStatistics, EventKind, PartitionStatistics
+from ._tracking import ActivityStatistics, EventKind, LatencyStatistics, PartitionStatistics
 
 if TYPE_CHECKING:
     from ._activity import Activity, Call
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActivityStatistics",
     "EventKind",
+    "LatencyStatistics",
     "PartitionStatistics",
     "TrackingEvent",
     "add_listener",

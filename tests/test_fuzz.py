@@ -751,7 +751,7 @@ def predict(node: Node) -> str:
     if node.parked or node.failed_fast():
         # A fail-fast ancestor cancels its children, unless they were entered later.
         return "unknown"
-    if stats.running < stats.max_concurrency and stats.pending == 0:
+    if stats.running + stats.waiting_for_thread < stats.max_concurrency and stats.pending == 0:
         room = "run"
     elif stats.pending < stats.max_pending:
         room = "queue"
@@ -1100,7 +1100,8 @@ class ActivityMachine(RuleBasedStateMachine):
         stats = harness.do(lambda: self._stats(work.node))
         full = (
             stats is not None
-            and stats.running + stats.pending + work.node.parked >= stats.max_concurrency
+            and stats.running + stats.waiting_for_thread + stats.pending + work.node.parked
+            >= stats.max_concurrency
         )
         work.park(may_wait=full)
         decided = threading.Event()
@@ -1274,7 +1275,7 @@ class ActivityMachine(RuleBasedStateMachine):
         if scope.cancelled_caught:
             raise AssertionError(f"wait_idle() did not return in {LIMIT} s: {act.statistics()!r}")
         stats = act.statistics()
-        if node.parked == 0 and (stats.pending or stats.running):
+        if node.parked == 0 and (stats.pending or stats.waiting_for_thread or stats.running):
             raise AssertionError(f"idle, yet {stats!r}")
 
     @precondition(has_calls)
