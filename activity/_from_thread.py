@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from threading import current_thread, get_ident
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, final
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
 from ._call import COMPLETED, BaseCall
-from ._context import frame_var
+from ._context import begin_wait, check_wait, end_wait, frame_var
 from ._core import State
 from ._errors import ActivityClosedError, WrongThreadError
 
@@ -110,15 +110,47 @@ class CallFuture(concurrent.futures.Future[T], Generic[T]):
             self.set_exception(call.error)
 
     def result(self, timeout: float | None = None) -> T:
+        chain = self._begin_wait()
         try:
             return super().result(timeout)
         finally:
+            if chain is not None:
+                end_wait(chain, self._call)
             if self.done():
                 self._call.mark_observed()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        chain = self._begin_wait()
         try:
             return super().exception(timeout)
         finally:
+            if chain is not None:
+                end_wait(chain, self._call)
             if self.done():
                 self._call.mark_observed()
+
+    def _begin_wait(self) -> object | None:
+        """Check and record on the activity's loop a wait of this thread's chain, if any.
+
+        A blocking call that waits here for a call needing a domain its chain holds
+        would wait forever: it raises :class:`WouldDeadlockError` instead. Checked on
+        the loop, where the chains' state does not move during the check.
+        """
+        if self.done():
+            return None
+        frame = frame_var.get()
+        chain = None if frame is None else frame.causality
+        call = self._call
+        core = cast("Core", call.host)
+        if chain is None or get_ident() == core.thread_id or core.wake_token is None:
+            return None
+
+        def begin() -> None:
+            check_wait(chain, call)
+            begin_wait(chain, call)
+
+        try:
+            anyio.from_thread.run_sync(begin, token=core.wake_token)
+        except anyio.RunFinishedError:
+            return None
+        return chain

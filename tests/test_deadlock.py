@@ -332,6 +332,47 @@ class TestCycles:
             assert await b_call == "a-work"
 
 
+class TestBlockingCalls:
+    async def test_a_blocking_call_reading_the_future_of_a_call_in_its_own_domain(
+        self,
+    ) -> None:
+        async def inner() -> str:
+            return "inner ran"
+
+        async with Activity(name="A", synchronization=NEW) as a:
+            futures: list[Any] = []
+
+            def blocking_outer() -> str:
+                future = a.asynchronous_call_from_thread(inner)
+                futures.append(future)
+                with pytest.raises(WouldDeadlockError):
+                    future.result()
+                with pytest.raises(WouldDeadlockError):
+                    future.exception(timeout=30)
+                return "told in the thread"
+
+            assert await a.synchronous_call(blocking_outer) == "told in the thread"
+            await a.wait_idle()
+            assert futures[0].result() == "inner ran"  # it ran once the domain was free
+        assert_balanced(a.statistics())
+        assert a.statistics().completed == 2
+
+    async def test_a_blocking_call_reading_the_future_of_a_free_call(self) -> None:
+        async def elsewhere() -> str:
+            await anyio.lowlevel.checkpoint()
+            return "elsewhere"
+
+        async with (
+            Activity(name="A", synchronization=NEW) as a,
+            Activity(name="B", synchronization=NEW) as b,
+        ):
+
+            def blocking_outer() -> str:
+                return b.asynchronous_call_from_thread(elsewhere).result(timeout=30)
+
+            assert await a.synchronous_call(blocking_outer) == "elsewhere"
+
+
 class TestNoFalseAlarms:
     async def test_reentry_a_b_a_with_waits_in_between(self) -> None:
         async with (
