@@ -472,6 +472,9 @@ class Activity:
         :raises InvalidArgumentError: if ``fn`` or ``timeout`` is not valid
         :raises WrongThreadError: if called from another thread than the activity's
         :raises TypeError: if given a keyword argument other than ``timeout``
+        :raises WouldDeadlockError: at once, if the call would wait for a
+            synchronization domain whose holder waits, directly or through other
+            chains, for the caller's chain
         """
         if keywords:
             raise keywords_refused("synchronous_call", fn, keywords)
@@ -602,6 +605,10 @@ class Call(BaseCall[T_co]):
 
         call = await act.asynchronous_call(fetch, url)
         page = await call          # the result, or the call's exception
+
+    A call chain that holds a synchronization domain and awaits a call that
+    needs it would wait forever: the await raises :class:`WouldDeadlockError`
+    at once instead, and the call runs once the domain is free.
 
     Awaiting a call (or asking for ``result()`` / ``exception()``) *observes*
     its failure, so the activity does not raise it again when it exits.

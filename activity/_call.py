@@ -334,7 +334,13 @@ class BaseCall(Generic[T_co]):
         return self.error
 
     async def wait(self) -> None:
-        """Wait until the call has finished. Never raises the call's exception."""
+        """Wait until the call has finished. Never raises the call's exception.
+
+        :raises WouldDeadlockError: at once, if the waiting call chain holds a
+            synchronization domain that the call needs (directly, or through other
+            chains that wait in turn): the wait would never end. The call is left
+            as it was, and runs once the domain is free.
+        """
         if self.state not in FINISHED:
             await self.host.wait_call(self)
 
