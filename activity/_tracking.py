@@ -237,6 +237,10 @@ class CallHook(Protocol):
     bookkeeping: it must be quick and must not raise.
     """
 
+    def opened(self, core: Any) -> None:
+        """An activity opened (told through :func:`emit`: the hook's owner adds a listener)."""
+        ...
+
     def accepted(self, core: Any, call: Any) -> None:
         """``call`` was made and is about to be admitted (its context is ready)."""
         ...
@@ -265,6 +269,8 @@ live: weakref.WeakSet[Any] = weakref.WeakSet()
 
 def emit(kind: EventKind, reporter: Reporter, call: Any = None) -> None:
     """Tell the listeners; a listener that raises is removed and handed to the activity."""
+    if kind is EventKind.ACTIVITY_OPENED and hook is not None:
+        hook.opened(reporter)
     activity = reporter.activity
     for listener in list(listeners):
         try:

@@ -59,6 +59,27 @@ EXPECTED = {
         "acme burst: 3 accepted, 2 rejected (2 running + 1 pending)",
         "globex still admits: 1 running of 2",
     ],
+    "observability.py": [
+        "report 1: 2 pages",
+        "report 2: 4 pages",
+        "report 3: 6 pages",
+        "span 'report request render' is a child of 'GET /report': True",
+        "span 'report request render' was current in its worker thread: True",
+        (
+            "activity_call_duration_seconds_count"
+            '{activity_call_kind="coroutine",activity_name="reports"} 3.0'
+        ),
+        (
+            "activity_calls_completed_total"
+            '{activity_call_kind="blocking",activity_name="report request"} 3.0'
+        ),
+        (
+            "activity_calls_completed_total"
+            '{activity_call_kind="coroutine",activity_name="reports"} 3.0'
+        ),
+        'activity_calls_running{activity_name="reports"} 0.0',
+        "statistics: reports completed=3, run time p99 known: True",
+    ],
     "web_app.py": [
         "receipt order-1 for acme: 1 x book",
         "receipt order-2 for globex: 1 x lamp",
