@@ -294,6 +294,45 @@ class TestCycles:
         stats = b.statistics()
         assert (stats.completed, stats.failed) == (1, 1)  # b_holder; the refused call
 
+    async def test_a_synchronous_call_queued_for_a_place_in_the_cycle(self) -> None:
+        # As above, with B full: the synchronous call waits for a place first, and
+        # that wait is the one told. The refused call never runs.
+        async with (
+            Activity(name="A", synchronization=NEW) as a,
+            Activity(name="B", max_concurrency=1, synchronization=NEW) as b,
+        ):
+            a_holds = anyio.Event()
+            b_waits = anyio.Event()
+            ran: list[str] = []
+
+            async def a_work() -> str:
+                return "a-work"
+
+            async def b_noop() -> None:
+                ran.append("b_noop")
+
+            async def b_holder() -> str:
+                await a_holds.wait()
+                queued = await a.asynchronous_call(a_work)
+                b_waits.set()
+                return await queued
+
+            async def a_holder() -> str:
+                a_holds.set()
+                await b_waits.wait()
+                await settle()
+                with pytest.raises(WouldDeadlockError):
+                    await b.synchronous_call(b_noop)
+                return "a-holder told"
+
+            b_call = await b.asynchronous_call(b_holder)
+            assert await a.synchronous_call(a_holder) == "a-holder told"
+            assert await b_call == "a-work"
+        assert ran == []
+        stats = b.statistics()
+        assert_balanced(stats)
+        assert (stats.completed, stats.cancelled) == (1, 1)  # b_holder; the refused call
+
     async def test_a_cycle_through_a_worker_thread(self) -> None:
         # A's blocking call holds A's domain in a worker thread and calls into B with
         # synchronous_call_from_thread, while B's holder awaits a call of A.
