@@ -20,7 +20,7 @@ dispatcher, whose task waits for the cluster.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._backends._dask import DaskExecutor, RemoteBody, pickler
 from ._call import COROUTINE, COROUTINE_FUNCTION
@@ -36,7 +36,12 @@ if TYPE_CHECKING:
     from ._config import ActivityConfig
     from ._context import Frame
 
-__all__ = ["RemoteCore", "check_executor"]
+__all__ = ["OWN_LOCALS", "RemoteCore", "check_executor"]
+
+#: The prefix of the package's own ``ActivityLocal`` names (the web integrations'
+#: app and request activities, their job table): those values travel when they can
+#: be pickled (the request's info does) and stay here when they cannot.
+OWN_LOCALS: Final = "activity."
 
 
 def check_executor(config: ActivityConfig) -> None:
@@ -141,6 +146,8 @@ class RemoteCore(Core):
             try:
                 pickled[name] = pickler().dumps(value)
             except Exception as exc:
+                if name.startswith(OWN_LOCALS):
+                    continue  # the package's own plumbing (an Activity, a job table) stays
                 raise InvalidArgumentError(
                     f"the value of ActivityLocal {name!r} ({type(value).__name__}) cannot be "
                     f"pickled to travel with a call to the Dask cluster: {exc}",

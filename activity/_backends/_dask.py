@@ -233,20 +233,55 @@ def run_plain(payload: bytes) -> tuple[int, Any]:
     return _pack(_OK, result)
 
 
-async def run_coroutine(payload: bytes) -> tuple[int, Any]:
-    """Run a coroutine function's call on a worker's event loop (a Dask task)."""
+#: How often a coroutine body on a worker checks whether its task was cancelled.
+CANCEL_POLL_INTERVAL: Final = 0.1
+
+
+async def run_coroutine(payload: bytes, key: str) -> tuple[int, Any]:
+    """Run a coroutine function's call on a worker's event loop (a Dask task ``key``).
+
+    The body runs as a task of its own, which is cancelled once the worker has
+    dropped ``key`` (the call was cancelled, here or by the cluster): Dask lets a
+    cancelled task run to its end, this body does not.
+    """
     try:
         fn, args, values = _unpack(payload)
     except Exception as exc:
         return _UNMARSHAL, "".join(traceback.format_exception_only(exc)).strip()
     token = frame_var.set(cast("Any", _RemoteFrame(values)))
     try:
-        result = await fn(*args)
+        body = asyncio.ensure_future(fn(*args))  # in a copy of this context: with the frame
+    finally:
+        frame_var.reset(token)
+    watch = asyncio.ensure_future(_cancel_when_dropped(key, body))
+    try:
+        result = await body
+    except asyncio.CancelledError:
+        if not body.cancelled():
+            body.cancel()  # the worker is stopping this task itself
+            raise
+        return _RAISED, None  # dropped: nobody reads this
     except Exception as exc:
         return _pack(_RAISED, exc)
     finally:
-        frame_var.reset(token)
+        watch.cancel()
     return _pack(_OK, result)
+
+
+async def _cancel_when_dropped(key: str, body: asyncio.Future[Any]) -> None:
+    """Cancel ``body`` once the worker no longer runs task ``key`` (it was cancelled)."""
+    from distributed import get_worker
+
+    try:
+        state = cast("Any", get_worker()).state
+    except ValueError:  # not on a worker: nothing can drop the task
+        return
+    while not body.done():
+        await asyncio.sleep(CANCEL_POLL_INTERVAL)
+        task = state.tasks.get(key)
+        if task is None or task.state in ("cancelled", "released", "forgotten"):
+            body.cancel()
+            return
 
 
 # -- this process's side ----------------------------------------------------------------
@@ -382,9 +417,12 @@ class DaskExecutor:
             raise SchedulerUnreachableError(
                 f"call {body.name!r} cannot be sent: the Dask client is {client.status}"
             )
-        task = run_coroutine if body.coroutine else run_plain
+        key = f"{body.name}-{uuid.uuid4().hex}"
         try:
-            future = client.submit(task, payload, pure=False, key=f"{body.name}-{uuid.uuid4().hex}")
+            if body.coroutine:
+                future = client.submit(run_coroutine, payload, key, pure=False, key=key)
+            else:
+                future = client.submit(run_plain, payload, pure=False, key=key)
         except Exception as exc:
             raise SchedulerUnreachableError(
                 f"call {body.name!r} could not be submitted to the cluster: {exc}"
@@ -398,22 +436,19 @@ class DaskExecutor:
             if client_loop is loop:
                 outcome = await gathering
             else:
-                outcome = await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(gathering, client_loop)
+                outcome = await _wait_on_other_loop(
+                    asyncio.run_coroutine_threadsafe(gathering, client_loop), loop
                 )
-        except asyncio.CancelledError:
-            self._cancel(future, client_loop, loop)
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the call was cancelled here: its timeout, cancel(), the shutdown
-            raise SchedulerUnreachableError(
-                f"call {body.name!r}: the Dask client's loop stopped while the call ran"
-            ) from None
         except BaseException as exc:
             if not isinstance(exc, Exception):
+                # This call's own cancellation (its timeout, cancel(), the shutdown).
                 self._cancel(future, client_loop, loop)
                 raise
-            raise _failure(body, exc) from exc
+            failure = _failure(body, exc)
+            # The failure's traceback keeps this frame: not the future, whose task the
+            # scheduler would keep for as long as the call is kept.
+            del future, gathering
+            raise failure from exc
         return _unpack_outcome(body, outcome)
 
     def _cancel(
@@ -430,6 +465,35 @@ class DaskExecutor:
                 asyncio.run_coroutine_threadsafe(cancelling, client_loop)
         except Exception:  # the client went away meanwhile: its futures went with it
             return
+
+
+async def _wait_on_other_loop(
+    gathering: concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop
+) -> Any:
+    """What ``gathering`` (running on the client's loop) gives, waited for on ``loop``.
+
+    Not ``asyncio.wrap_future``: a cancellation of the wait (this call's own) is
+    told apart from the client's loop cancelling the gathering (the client closed).
+    """
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: concurrent.futures.Future[Any]) -> None:
+        def set_waiter() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        try:
+            loop.call_soon_threadsafe(set_waiter)
+        except RuntimeError:  # this loop has closed: nobody waits any more
+            return
+
+    gathering.add_done_callback(wake)
+    # Cancelled, the wait leaves the gathering alone: cancelling the Dask future
+    # ends it, where cancelling it would leave Dask's own tasks unobserved.
+    await waiter
+    if gathering.cancelled():
+        raise concurrent.futures.CancelledError("the Dask client's loop stopped")
+    return gathering.result()
 
 
 def _unpack_outcome(body: RemoteBody, outcome: tuple[int, Any]) -> Any:
