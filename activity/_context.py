@@ -6,6 +6,9 @@ body is running. Every frame names its activity's core as ``host``, so
 ``current_activity()`` is a single lookup. Every call runs in its own copy of its submitter's
 context with the frame set to the call, so the value flows into tasks and
 worker threads and never into another activity.
+
+Below the domains is the graph of what waiting call chains wait for, which
+turns a wait that would never end into a :class:`WouldDeadlockError`.
 """
 
 from __future__ import annotations
@@ -291,7 +294,9 @@ class SynchronizationDomain:
     """Lets one causality in at a time; the same causality re-enters; others wait, FIFO.
 
     The domain is handed directly from the leaving chain to the oldest waiter, so
-    no newcomer can overtake one that waits.
+    no newcomer can overtake one that waits. A chain whose wait for its turn would
+    never end (the holder waits, directly or through other chains, for the
+    waiting chain) is refused with :class:`WouldDeadlockError` instead.
     """
 
     __slots__ = ("_depth", "_new_event", "_owner", "_waiters", "name")
