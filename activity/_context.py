@@ -7,7 +7,7 @@ body is running. Every frame names its activity's core as ``host``, so
 context with the frame set to the call, so the value flows into tasks and
 worker threads and never into another activity.
 
-Below the domains is the graph of what waiting call chains wait for, which
+Beside the domains is the graph of what waiting call chains wait for, which
 turns a wait that would never end into a :class:`WouldDeadlockError`.
 """
 
