@@ -34,12 +34,15 @@ its children. A failed call's span has the status ``ERROR``, ``error.type`` and
 ``activity.hresult``.
 
 Not instrumented, an activity pays one test of ``None`` per edge of a call
-(submitted, started, ended). Instrumented, the activity settles its
-synchronous calls through the path every call takes, so that they are counted
-too; an activity with spans, opened once instrumented, also runs them through
-it, so that each has its span (at the cost of the inline shortcut). Without
-spans, a ``synchronous_call`` that runs inline in its caller's task and
-completes is counted but not timed.
+(submitted, started, ended). Instrumented, an activity opened afterwards runs
+its synchronous calls through the path every call takes, which times them
+(and traces them), instead of its inline shortcut, which does not: a
+``synchronous_call`` costs a little more. An activity already open when
+:func:`instrument` is called keeps its shortcut: its synchronous calls are
+counted, but not timed and without spans. A synchronous call is timed from
+its submission to its end (``activity.call.duration``); only the calls that
+went through the activity's queue (``asynchronous_call``, and a synchronous
+call that found no place) record a ``activity.call.wait.duration``.
 """
 
 from __future__ import annotations
@@ -193,10 +196,9 @@ class _Instrumentation:
         return bool(self.spans if traced is None else traced)
 
     def opened(self, core: Any) -> None:
-        if self.traces(core):
-            # Its synchronous calls take the path that makes a call of each, which has
-            # a span, rather than run inline in the caller's task without one.
-            core.fast_sync = False
+        # Its synchronous calls take the path that makes a call of each, timed (and
+        # traced), rather than the inline shortcut, which records no time.
+        core.fast_sync = False
 
     def accepted(self, core: Any, call: Any) -> None:
         if not self.traces(core):
