@@ -453,9 +453,15 @@ def _rate(value: float | None) -> str:
 def _figure(name: str, value: float | None, present: bool) -> str:
     if value is None:
         return _DASH if present else ""
-    if name.endswith(("_s", "_seconds", ".seconds")):
+    if name.endswith(("_s", "_seconds", ".seconds")) or _is_latency(name):
         return _duration(value)
     return _number(value)
+
+
+def _is_latency(name: str) -> bool:
+    """A percentile of ``ActivityStatistics.wait_time`` or ``run_time`` (seconds, not a count)."""
+    group, _, figure = name.rpartition(".")
+    return group in ("wait_time", "run_time") and figure != "count"
 
 
 def _number(value: float) -> str:

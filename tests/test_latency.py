@@ -210,3 +210,11 @@ def test_statistics_keep_working_from_another_thread() -> None:
     anyio.run(main)
     assert seen[0].completed == 1
     assert_balanced(seen[0])
+
+
+def test_top_shows_the_percentiles_as_durations() -> None:
+    from activity import _top
+
+    assert _top._figure("wait_time.p99", 0.0025, True) == "2.5 ms"  # pyright: ignore[reportPrivateUsage]
+    assert _top._figure("run_time.max", 2e-5, True) == "20 µs"  # pyright: ignore[reportPrivateUsage]
+    assert _top._figure("run_time.count", 12, True) == "12"  # pyright: ignore[reportPrivateUsage]
