@@ -80,6 +80,13 @@ EXPECTED = {
         'activity_calls_running{activity_name="reports"} 0.0',
         "statistics: reports completed=3, run time p99 known: True",
     ],
+    "cluster.py": [
+        "8 chunks for acme, none computed in this process",
+        "primes below 200000: 17984",
+        "a failed chunk: ValueError: chunk -1 is negative",
+        "a chunk cancelled while it ran: cancelled",
+        "statistics: accepted=10 completed=8 failed=1 cancelled=1 rejected=0",
+    ],
     "web_app.py": [
         "receipt order-1 for acme: 1 x book",
         "receipt order-2 for globex: 1 x lamp",
