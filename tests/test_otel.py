@@ -360,3 +360,12 @@ class TestSpans:
             activity.otel.uninstrument()
         assert len(made.spans()) == 1
         made.meters.shutdown()
+
+
+def test_the_api_reference_documents_every_public_name() -> None:
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "reference" / "otel.md"
+    text = page.read_text(encoding="utf-8")
+    assert "::: activity.otel" in text
+    assert [name for name in activity.otel.__all__ if f"        - {name}\n" not in text] == []
