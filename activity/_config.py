@@ -160,6 +160,11 @@ class ActivityConfig(BaseModel):
     #: The synchronization domain (None: ``NONE`` under ``IGNORE``,
     #: ``IF_CONTAINER_IS_SYNCHRONIZED`` under ``INHERIT``).
     synchronization: Synchronization | None = None
+    #: Seconds a call chain waits to enter the synchronization domain before its call
+    #: fails with ``CallTimeoutError`` (``CONTEXT_E_SYNCH_TIMEOUT``). ``None``: no limit
+    #: of its own; an activity in its parent's domain then takes the limit of the
+    #: activity that made the domain.
+    synchronization_timeout: float | None = Field(default=None, ge=0, strict=True)
     #: Where blocking calls run (None: ``MTA`` under ``IGNORE``, ``INHERIT`` under ``INHERIT``).
     thread_pool: ThreadPool | None = None
     #: Thread affinity for an STA activity.
