@@ -8,18 +8,25 @@ context with the frame set to the call, so the value flows into tasks and
 worker threads and never into another activity.
 
 Beside the domains is the graph of what waiting call chains wait for, which
-turns a wait that would never end into a :class:`WouldDeadlockError`.
+turns a wait that would never end into a :class:`WouldDeadlockError`. A wait
+for a domain's turn is bounded by the waiting activity's
+``synchronization_timeout``, after which it raises :class:`CallTimeoutError`
+(``CONTEXT_E_SYNCH_TIMEOUT``) and leaves the line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar, cast, final
 
+import anyio
+
 from ._call import FINISHED, BaseCall, InlineCall
-from ._errors import ActivityError, WouldDeadlockError
+from ._errors import ActivityError, CallTimeoutError, WouldDeadlockError
+from ._hresult import HResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -188,12 +195,16 @@ _waits_lock: Final = threading.Lock()
 
 
 class DomainHost(Protocol):
-    """What the graph reads of a call's activity: its name and its domain."""
+    """What the graph and the domains read of an activity: its name, domain and wait limit."""
 
     @property
     def name(self) -> str: ...
     @property
     def domain(self) -> SynchronizationDomain | None: ...
+    @property
+    def synchronization_timeout(self) -> float | None:
+        """Seconds its call chains wait for their turn in its domain (``None``: no limit)."""
+        ...
 
 
 def _describe(chain: object, waiter: object) -> str:
@@ -290,13 +301,29 @@ def end_wait(chain: object, waited: object) -> None:
             waits.remove(waited)
 
 
+async def _wait_at_most(ticket: Event, timeout: float) -> None:
+    """Wait for ``ticket`` for up to ``timeout`` seconds; the caller reads whether it came."""
+    if isinstance(ticket, asyncio.Event):
+        # The loop's own timeout on asyncio (and uvloop): no cancel scope to set up.
+        try:
+            async with asyncio.timeout(timeout):
+                await ticket.wait()
+        except TimeoutError:
+            return
+    else:
+        with anyio.move_on_after(timeout):
+            await ticket.wait()
+
+
 class SynchronizationDomain:
     """Lets one causality in at a time; the same causality re-enters; others wait, FIFO.
 
     The domain is handed directly from the leaving chain to the oldest waiter, so
     no newcomer can overtake one that waits. A chain whose wait for its turn would
     never end (the holder waits, directly or through other chains, for the
-    waiting chain) is refused with :class:`WouldDeadlockError` instead.
+    waiting chain) is refused with :class:`WouldDeadlockError` instead, and one
+    that waits longer than its activity's ``synchronization_timeout`` gives up its
+    place with :class:`CallTimeoutError` (``CONTEXT_E_SYNCH_TIMEOUT``).
     """
 
     __slots__ = ("_depth", "_new_event", "_owner", "_waiters", "name")
@@ -336,14 +363,23 @@ class SynchronizationDomain:
         self._waiters.append((causality, event))
         return event
 
-    async def wait_turn(self, causality: object, ticket: Event | None) -> None:
+    async def wait_turn(
+        self, causality: object, ticket: Event | None, host: DomainHost | None = None
+    ) -> None:
         """Wait until a place taken with :meth:`reserve` comes up.
 
+        :param host: the activity whose chain waits: its ``synchronization_timeout``
+            bounds the wait. By default the current frame's activity, if it is in
+            this domain (a service domain's block); else the wait has no bound.
         :raises WouldDeadlockError: if the domain's holder waits, directly or through
             other chains, for ``causality``: the place is given up, and nothing waits
+        :raises CallTimeoutError: (``CONTEXT_E_SYNCH_TIMEOUT``) if the turn has not
+            come within the timeout: the place is given up, and the next waiter's
+            turn comes when the holder leaves
         """
         if ticket is None:
             return
+        timeout = None if ticket.is_set() else self._timeout_for(host)
         if causality is None or ticket.is_set():
             waiting = None  # no chain to record, or the turn has come already
         else:
@@ -355,13 +391,35 @@ class SynchronizationDomain:
             waiting = causality
             begin_wait(causality, self)
         try:
-            await ticket.wait()
+            if timeout is None:
+                await ticket.wait()
+            else:
+                await _wait_at_most(ticket, timeout)
         except BaseException:
             self.abandon(causality, ticket)
             raise
         finally:
             if waiting is not None:
                 end_wait(waiting, self)
+        if not ticket.is_set():
+            holder = _describe(self._owner, causality)
+            self.abandon(causality, ticket)
+            raise CallTimeoutError(
+                f"waited {timeout} s (synchronization_timeout) to enter synchronization "
+                f"domain {self.name!r}, held by {holder}; the call did not run",
+                hresult=HResult.CONTEXT_E_SYNCH_TIMEOUT,
+            )
+
+    def _timeout_for(self, host: DomainHost | None) -> float | None:
+        """How long ``host``'s chain may wait here: its ``synchronization_timeout``."""
+        if host is None:
+            frame = frame_var.get()
+            if frame is None:
+                return None
+            host = cast("DomainHost", frame.host)
+            if host.domain is not self:
+                return None
+        return host.synchronization_timeout
 
     def abandon(self, causality: object, ticket: Event | None) -> None:
         """Give up a reservation: leave if it was granted, else step out of line."""
@@ -370,9 +428,9 @@ class SynchronizationDomain:
         else:
             self._waiters.remove((causality, ticket))
 
-    async def enter(self, causality: object) -> None:
-        """Enter the domain, waiting for other chains to leave."""
-        await self.wait_turn(causality, self.reserve(causality))
+    async def enter(self, causality: object, host: DomainHost | None = None) -> None:
+        """Enter the domain, waiting for other chains to leave (see :meth:`wait_turn`)."""
+        await self.wait_turn(causality, self.reserve(causality), host)
 
     def leave(self, causality: object) -> None:
         """Leave one level; the last level hands the domain to the oldest waiter."""

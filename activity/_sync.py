@@ -43,6 +43,7 @@ from ._validate import CO_COROUTINE, CO_GENERATORS
 if TYPE_CHECKING:
     from ._backends._asyncio import AsyncioDispatcher
     from ._backends._trio import TrioDispatcher
+    from ._core import CoreState
 
 __all__ = ["Synchronous"]
 
@@ -51,6 +52,26 @@ class Synchronous(Settling):
     """The synchronous call, inline where it can be."""
 
     __slots__ = ()
+
+    @property
+    def synchronization_timeout(self) -> float | None:
+        """Seconds the activity's call chains wait for their turn in its domain.
+
+        The activity's own ``synchronization_timeout``; when that is ``None`` and the
+        activity joined its parent's domain, the value of the activity that made the
+        domain (the nearest ancestor whose parent is not in it). Read only when a
+        chain has to wait, so a free domain costs nothing more.
+        """
+        own = self.config.synchronization_timeout
+        if own is not None:
+            return own
+        domain = self.domain
+        maker: CoreState = self
+        parent = self.parent
+        while domain is not None and parent is not None and parent.domain is domain:
+            maker = parent
+            parent = parent.parent
+        return maker.config.synchronization_timeout
 
     async def synchronous_call(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
         """Run ``fn(*args)`` in the activity; return its result (``Activity.synchronous_call``)."""

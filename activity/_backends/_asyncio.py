@@ -250,7 +250,13 @@ class AsyncioDispatcher:
         """A call that enters a domain, or runs on an STA thread or on the loop thread."""
         domain = self.host.domain
         if domain is not None:
-            await domain.enter(call.causality)
+            try:
+                await domain.enter(call.causality, self.host)
+            except BaseException:
+                # Refused, timed out or cancelled in line: the body never runs.
+                if call.kind is COROUTINE:
+                    call.fn.close()
+                raise
         try:
             if call.kind is BLOCKING:
                 # A copy: if this task is cancelled while an abandoned thread still
@@ -352,7 +358,12 @@ class AsyncioDispatcher:
         domain = self.host.domain
         try:
             if domain is not None:
-                await domain.enter(call.causality)
+                try:
+                    await domain.enter(call.causality, self.host)
+                except BaseException:
+                    if call.kind is COROUTINE:
+                        call.fn.close()  # the body never runs
+                    raise
             try:
                 if call.kind is BLOCKING:
                     result = await self._blocking(call, context.run)

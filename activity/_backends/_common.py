@@ -75,6 +75,11 @@ class DispatchHost(Protocol):
     @property
     def domain(self) -> SynchronizationDomain | None: ...
     @property
+    def synchronization_timeout(self) -> float | None:
+        """Seconds its call chains wait for their turn in its domain (``None``: no limit)."""
+        ...
+
+    @property
     def bound_to_loop(self) -> bool: ...
     def finish(
         self, call: BaseCall[Any], status: CallStatus, result: Any, exc: BaseException | None

@@ -321,10 +321,16 @@ class TrioDispatcher:
         try:
             with scope:
                 if domain is not None:
-                    if isinstance(ticket, _NoTicket):
-                        await domain.enter(call.causality)
-                    else:
-                        await domain.wait_turn(call.causality, ticket)
+                    try:
+                        if isinstance(ticket, _NoTicket):
+                            await domain.enter(call.causality, activity)
+                        else:
+                            await domain.wait_turn(call.causality, ticket, activity)
+                    except BaseException:
+                        # Refused, timed out or cancelled in line: the body never runs.
+                        if call.kind is COROUTINE:
+                            call.fn.close()
+                        raise
                 try:
                     if call.kind is BLOCKING:
                         # A task's body runs in a copy of the context: if the task is
