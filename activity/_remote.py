@@ -134,6 +134,7 @@ class RemoteCore(Core):
             self.config.executor, body, args, kind is COROUTINE_FUNCTION, values, self.lease
         )
         remote.name = call.name
+        remote.ident = call.ident
         call.fn = remote
         call.kind = COROUTINE_FUNCTION
         call.args = ()

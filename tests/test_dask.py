@@ -103,21 +103,21 @@ def client(session_client: Any) -> Any:
     return session_client
 
 
-def tasks_on_scheduler(client: Any, prefix: str) -> int:
-    """How many tasks the scheduler holds whose key starts with ``prefix``."""
+def tasks_on_scheduler(client: Any, suffix: str) -> int:
+    """How many tasks the scheduler holds whose key ends with ``suffix``."""
 
     def count(dask_scheduler: Any) -> int:
-        return sum(1 for key in dask_scheduler.tasks if str(key).startswith(prefix))
+        return sum(1 for key in dask_scheduler.tasks if str(key).endswith(suffix))
 
     return cast("int", client.run_on_scheduler(count))
 
 
 async def wait_tasks(client: Any, call: Call[Any], present: bool) -> None:
     """Wait (up to 20 s) until the scheduler holds the call's task, or has forgotten it."""
-    prefix = f"{call.name}-"
+    suffix = f"-{call.id}"  # a task's key ends with its call's id
     with anyio.fail_after(20):
         # The scheduler's state is another process's to change: it is polled.
-        while bool(await anyio.to_thread.run_sync(tasks_on_scheduler, client, prefix)) != present:  # noqa: ASYNC110
+        while bool(await anyio.to_thread.run_sync(tasks_on_scheduler, client, suffix)) != present:  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
 

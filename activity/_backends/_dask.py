@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import importlib
 import threading
 import traceback
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, cast
 
 import anyio
@@ -362,7 +364,7 @@ class DaskExecutor:
     .. versionadded:: 0.3
     """
 
-    __slots__ = ("_cancelling", "_client", "_leases")
+    __slots__ = ("_bridges", "_cancelling", "_client", "_leases")
 
     def __init__(self, client: Any) -> None:
         from distributed import Client
@@ -375,6 +377,10 @@ class DaskExecutor:
             )
         self._client = cast("_Client", client)
         self._leases: dict[tuple[str, int], _Lease] = {}
+        #: Per loop of the activities' that use it (a loop that ends drops its own).
+        self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Bridge] = (
+            weakref.WeakKeyDictionary()
+        )
         #: Cancellations under way on an asynchronous client (kept from the collector).
         self._cancelling: set[asyncio.Future[Any]] = set()
 
@@ -417,39 +423,49 @@ class DaskExecutor:
             raise SchedulerUnreachableError(
                 f"call {body.name!r} cannot be sent: the Dask client is {client.status}"
             )
-        key = f"{body.name}-{uuid.uuid4().hex}"
-        try:
-            if body.coroutine:
-                future = client.submit(run_coroutine, payload, key, pure=False, key=key)
-            else:
-                future = client.submit(run_plain, payload, pure=False, key=key)
-        except Exception as exc:
-            raise SchedulerUnreachableError(
-                f"call {body.name!r} could not be submitted to the cluster: {exc}"
-            ) from exc
-        # The result is gathered on the client's own loop (a synchronous client runs
-        # one in a thread of its own), never by blocking this one.
+        # The function's name first, as Dask names its own tasks: the scheduler groups
+        # tasks by it, and learns how long they take. The call's id last.
+        key = f"{body.__qualname__}-{uuid.uuid4().hex}-{body.ident}"
+        if body.coroutine:
+            task: tuple[Any, ...] = (run_coroutine, payload, key)
+        else:
+            task = (run_plain, payload)
+        # Submitted and gathered on the client's own loop (a synchronous client runs
+        # one in a thread of its own), in batches: never by blocking this loop.
         loop = asyncio.get_running_loop()
         client_loop = cast("asyncio.AbstractEventLoop", client.loop.asyncio_loop)
-        gathering = client.gather(future, asynchronous=True)
+        remote = _Remote(client, task, key)
         try:
             if client_loop is loop:
-                outcome = await gathering
+                outcome = await remote.run()
             else:
-                outcome = await _wait_on_other_loop(
-                    asyncio.run_coroutine_threadsafe(gathering, client_loop), loop
-                )
+                outcome = await self._bridge(client_loop, loop).gather(remote.run())
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 # This call's own cancellation (its timeout, cancel(), the shutdown).
-                self._cancel(future, client_loop, loop)
+                remote.cancelled = True
+                if remote.future is not None:
+                    self._cancel(remote.future, client_loop, loop)
                 raise
-            failure = _failure(body, exc)
+            if isinstance(exc, _SubmitFailed):
+                failure: RemoteError = SchedulerUnreachableError(
+                    f"call {body.name!r} could not be submitted to the cluster: {exc.__cause__}"
+                )
+            else:
+                failure = _failure(body, exc)
             # The failure's traceback keeps this frame: not the future, whose task the
             # scheduler would keep for as long as the call is kept.
-            del future, gathering
+            del remote
             raise failure from exc
         return _unpack_outcome(body, outcome)
+
+    def _bridge(
+        self, client_loop: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop
+    ) -> _Bridge:
+        bridge = self._bridges.get(loop)
+        if bridge is None:
+            bridge = self._bridges[loop] = _Bridge(client_loop, loop)
+        return bridge
 
     def _cancel(
         self, future: Any, client_loop: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop
@@ -467,33 +483,120 @@ class DaskExecutor:
             return
 
 
-async def _wait_on_other_loop(
-    gathering: concurrent.futures.Future[Any], loop: asyncio.AbstractEventLoop
-) -> Any:
-    """What ``gathering`` (running on the client's loop) gives, waited for on ``loop``.
+class _SubmitFailed(Exception):
+    """``client.submit`` raised (its cause): the client cannot take the call."""
 
-    Not ``asyncio.wrap_future``: a cancellation of the wait (this call's own) is
-    told apart from the client's loop cancelling the gathering (the client closed).
-    """
-    waiter: asyncio.Future[None] = loop.create_future()
 
-    def wake(_: concurrent.futures.Future[Any]) -> None:
-        def set_waiter() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
+class _Remote:
+    """One call's task on the cluster, submitted and gathered on the client's loop."""
 
+    __slots__ = ("cancelled", "client", "future", "key", "task")
+
+    def __init__(self, client: _Client, task: tuple[Any, ...], key: str) -> None:
+        self.client = client
+        self.task = task
+        self.key = key
+        #: Set (from the activity's loop) once the call is cancelled.
+        self.cancelled = False
+        self.future: Any = None
+
+    async def run(self) -> Any:
+        """On the client's loop: submit the task, and return its outcome once gathered."""
+        if self.cancelled:
+            raise concurrent.futures.CancelledError("the call was cancelled before it was sent")
+        client = self.client
         try:
-            loop.call_soon_threadsafe(set_waiter)
-        except RuntimeError:  # this loop has closed: nobody waits any more
-            return
+            future = client.submit(*self.task, pure=False, key=self.key)
+        except Exception as exc:
+            raise _SubmitFailed from exc
+        self.future = future
+        if self.cancelled:  # cancelled while it was being sent: the activity may not know
+            await client.cancel([future], asynchronous=True, reason="cancelled")
+        return await client.gather(future, asynchronous=True)
 
-    gathering.add_done_callback(wake)
-    # Cancelled, the wait leaves the gathering alone: cancelling the Dask future
-    # ends it, where cancelling it would leave Dask's own tasks unobserved.
-    await waiter
-    if gathering.cancelled():
-        raise concurrent.futures.CancelledError("the Dask client's loop stopped")
-    return gathering.result()
+
+class _Bridge:
+    """Gathers results on the client's loop for calls waiting on another loop, in batches.
+
+    One per (client's loop, activity's loop): each direction wakes the other loop
+    once per batch of gatherings started or ended, not once per call.
+    """
+
+    __slots__ = ("_client_loop", "_ended", "_lock", "_loop", "_starting", "_waking")
+
+    #: The activity's loop, weakly: the executor keeps its bridges by that loop, weakly.
+    _loop: weakref.ref[asyncio.AbstractEventLoop]
+
+    def __init__(self, client_loop: asyncio.AbstractEventLoop, loop: asyncio.AbstractEventLoop):
+        self._client_loop = client_loop
+        self._loop = weakref.ref(loop)
+        self._lock = threading.Lock()
+        self._starting: list[tuple[Coroutine[Any, Any, Any], asyncio.Future[Any]]] = []
+        self._ended: list[tuple[asyncio.Future[Any], asyncio.Task[Any]]] = []
+        #: Whether a batch is on its way to the (client's, activity's) loop.
+        self._waking = [False, False]
+
+    async def gather(self, gathering: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``gathering`` on the client's loop; what it returns or raises, here.
+
+        Cancelled, the wait leaves the gathering alone: cancelling the Dask future
+        ends it, where cancelling it would leave Dask's own tasks unobserved.
+        """
+        waiter: asyncio.Future[asyncio.Task[Any]] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._starting.append((gathering, waiter))
+            wake = not self._waking[0]
+            self._waking[0] = True
+        if wake:
+            try:
+                self._client_loop.call_soon_threadsafe(self._start_all)
+            except RuntimeError:  # the client's loop has closed
+                with self._lock:
+                    starting, self._starting = self._starting, []
+                    self._waking[0] = False
+                for coro, other in starting:
+                    coro.close()
+                    if not other.done():
+                        other.set_exception(
+                            concurrent.futures.CancelledError("the Dask client's loop has stopped")
+                        )
+        task = await waiter
+        if task.cancelled():
+            raise concurrent.futures.CancelledError("the Dask client's loop stopped")
+        return task.result()
+
+    def _start_all(self) -> None:
+        """On the client's loop: start the gatherings queued since the last batch."""
+        with self._lock:
+            starting, self._starting = self._starting, []
+            self._waking[0] = False
+        for coro, waiter in starting:
+            task = self._client_loop.create_task(coro)
+            task.add_done_callback(functools.partial(self._ended_one, waiter))
+
+    def _ended_one(self, waiter: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:
+        """On the client's loop: hand a finished gathering to the activity's loop."""
+        if not task.cancelled():
+            task.exception()  # read here: asyncio must not report it as never retrieved
+        with self._lock:
+            self._ended.append((waiter, task))
+            wake = not self._waking[1]
+            self._waking[1] = True
+        loop = self._loop()
+        if wake and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._deliver_all)
+            except RuntimeError:  # the activity's loop has closed: nobody waits any more
+                return
+
+    def _deliver_all(self) -> None:
+        """On the activity's loop: wake the calls whose gatherings ended."""
+        with self._lock:
+            ended, self._ended = self._ended, []
+            self._waking[1] = False
+        for waiter, task in ended:
+            if not waiter.done():  # else the call was cancelled meanwhile
+                waiter.set_result(task)
 
 
 def _unpack_outcome(body: RemoteBody, outcome: tuple[int, Any]) -> Any:
@@ -561,8 +664,9 @@ class RemoteBody:
         self.lease = lease
         qualname = getattr(fn, "__qualname__", None)
         self.__qualname__: str = qualname if isinstance(qualname, str) else type(fn).__qualname__
-        #: The call's name, for messages and task keys (set once the call is made).
+        #: The call's name and id, for messages and task keys (set once the call is made).
         self.name = self.__qualname__
+        self.ident = 0
 
     def __call__(self) -> Coroutine[Any, Any, Any]:
         return self.executor.run(self)
