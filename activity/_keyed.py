@@ -340,9 +340,9 @@ class KeyedActivity:
             await self._parent.aclose()
             raise
         self._house = house
-        self._house_call = house.asynchronous_call_nowait(self._housekeep)
         self._thread_id = get_ident()
         self._state = "open"
+        self._house_call = house.asynchronous_call_nowait(self._housekeep)
         return self
 
     async def aclose(self) -> None:
@@ -363,10 +363,10 @@ class KeyedActivity:
         self._state = "closing"
         failures: list[BaseException] = []
         try:
-            house, call = self._house, self._house_call
+            house = self._house
             if house is not None:
-                if call is not None:
-                    call.cancel("the keyed activity is closing")
+                if self._wake is not None:
+                    self._wake.set()  # the housekeeping sees the state and returns
                 await _close_collecting(house, failures)
             for slot in list(self._slots.values()):
                 if slot.ready is not None:
@@ -701,6 +701,8 @@ class KeyedActivity:
             return slot
         if slot is not None or _get_running_loop() is None:
             self._rejected += 1
+            if slot is None and len(self._slots) >= self._max_keys and self._idle_key() is None:
+                raise self._full(key)
             raise AsyncWorkRejectedError(
                 f"keyed activity {self.name!r} rejected a call of key {key!r}: the key has no "
                 "open activity, and opening one needs an await here "
@@ -723,14 +725,10 @@ class KeyedActivity:
         """Make room for a new key (evicting the key idle the longest) and its slot."""
         hash(key)  # an unhashable key is refused before anything is evicted
         if len(self._slots) >= self._max_keys:
-            # Ordered by idleness (see _touch): the first idle key has been idle the longest.
-            oldest = next((s for s in self._slots.values() if not self._busy(s)), None)
+            oldest = self._idle_key()
             if oldest is None:
                 self._rejected += 1
-                raise AsyncWorkRejectedError(
-                    f"keyed activity {self.name!r} rejected a call of key {key!r}: all "
-                    f"max_keys={self._max_keys} keys are busy"
-                )
+                raise self._full(key)
             self._retire(oldest.key, oldest)
         per_key = self._per_key
         name = f"{per_key.name or self.name}[{key!r}]"
@@ -739,6 +737,19 @@ class KeyedActivity:
         child = Activity(per_key.with_options({"name": name}), parent=self._parent)
         slot = self._slots[key] = _Slot(key, child)
         return slot
+
+    def _idle_key(self) -> _Slot | None:
+        """The key idle the longest, if the keys are all live and one is idle."""
+        if len(self._slots) < self._max_keys:
+            return None
+        # Ordered by idleness (see _touch): the first idle key has been idle the longest.
+        return next((s for s in self._slots.values() if not self._busy(s)), None)
+
+    def _full(self, key: Hashable) -> AsyncWorkRejectedError:
+        return AsyncWorkRejectedError(
+            f"keyed activity {self.name!r} rejected a call of key {key!r}: all "
+            f"max_keys={self._max_keys} keys are busy"
+        )
 
     def _busy(self, slot: _Slot) -> bool:
         if slot.users or slot.ready is not None:
@@ -783,7 +794,9 @@ class KeyedActivity:
 
     async def _housekeep(self) -> None:
         """Close retired children; retire the keys idle for ``idle_timeout``."""
-        while True:
+        # Stopped by the state and a wake-up, not by cancelling the call: the loop
+        # must never stop in the middle of a child's close.
+        while self._state == "open":
             self._wake = anyio.Event()
             while self._retired:
                 await _close_collecting(self._retired.popleft(), self._failures)
