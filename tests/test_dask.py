@@ -530,6 +530,8 @@ def _free_port() -> int:
         return cast("int", sock.getsockname()[1])
 
 
+# The servers run their own loops: one run of the test is enough.
+@pytest.mark.parametrize("anyio_backend", [DASK_BACKENDS[0]])
 async def test_two_processes_share_a_partition(cluster: Any, tmp_path: Path) -> None:
     (tmp_path / "shared_app.py").write_text(
         textwrap.dedent(APP).replace(
