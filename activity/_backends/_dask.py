@@ -410,7 +410,13 @@ class DaskExecutor:
             ) from exc
         lease = body.lease
         if lease is not None:
-            await lease.acquire()
+            try:
+                await lease.acquire()
+            except Exception as exc:
+                raise SchedulerUnreachableError(
+                    f"call {body.name!r} could not take a lease of its partition's budget on "
+                    f"the cluster: {exc}"
+                ) from exc
         try:
             return await self._submit_and_wait(body, payload)
         finally:
