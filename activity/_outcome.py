@@ -62,11 +62,15 @@ class Settling(Submitting):
             call.fn.close()  # it never ran: Python must not warn that it was never awaited
         freed = self.admission.finish(call, status)
         self.running_calls.discard(call)
-        since = self.since.pop(call, None)
+        # In flight, the call's value was when it started (see CoreState.waits).
+        since = call.value
+        call.value = None
         ran = -1
+        end = 0
         if since is not None and started is RUNNING:
             # The run's histogram: _tracking.bucket_of() inlined, its constants too.
-            ran = perf_counter_ns() - since
+            end = perf_counter_ns()
+            ran = end - since
             runs = self.runs
             if ran < 1024:
                 runs.counts[0] += 1
@@ -104,7 +108,7 @@ class Settling(Submitting):
             _tracking.emit(EventKind.CALL_FINISHED, self, call)
         admission = self.admission
         if freed and (admission.pending or admission.waiters):
-            self.pump()
+            self.pump(end)  # the next call starts when this one ended: one clock read
         self.signal_if_idle()
 
     def on_failure(self, call: BaseCall[Any], exc: BaseException) -> None:

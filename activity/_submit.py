@@ -23,7 +23,7 @@ from ._config import Overflow
 from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
 from ._errors import ActivityClosedError, AsyncWorkRejectedError
-from ._tracking import EventKind
+from ._tracking import BUCKETS, EventKind
 from ._validate import (
     CO_COROUTINE,
     CO_GENERATORS,
@@ -159,8 +159,8 @@ class Submitting(CoreState):
             # LocalScope.CALL: the call starts a table of values of its own, a copy of
             # what its submitter sees (as a task starts with a copy of the context).
             context.run(call_values.set, (self, visible_values(frame, self)))
-        # Its wait is timed from here; finish() forgets it.
-        self.since[call] = perf_counter_ns()
+        # Its wait is timed from here: until it ends, its value is when (see CoreState.waits).
+        call.value = perf_counter_ns()
         if _tracking.hook is not None:
             _tracking.hook.accepted(self, call)
         return call
@@ -184,12 +184,10 @@ class Submitting(CoreState):
             if not waiter.event.is_set():
                 self.admission.waiters.remove(waiter)
                 refuse_coroutine(call.fn)
-                self.since.pop(call, None)
             # else: the call was accepted before the cancellation arrived; it runs.
             raise
         if waiter.refused is not None:
             refuse_coroutine(call.fn)
-            self.since.pop(call, None)
             if _tracking.hook is not None:
                 _tracking.hook.rejected(self, call, "closing")
             raise waiter.refused
@@ -200,7 +198,6 @@ class Submitting(CoreState):
     def reject(self, call: BaseCall[Any], fn: Any, waited: float | None = None) -> None:
         self.counters.rejected += 1
         refuse_coroutine(fn)
-        self.since.pop(call, None)
         if _tracking.hook is not None:
             _tracking.hook.rejected(self, call, "full")
         if _tracking.listeners:
@@ -221,7 +218,7 @@ class Submitting(CoreState):
             call.context.run(frame_var.set, call)  # type: ignore[union-attr]
         self.dispatcher.start(call)  # type: ignore[union-attr]
 
-    def pump(self) -> None:
+    def pump(self, now: int = 0) -> None:
         """Start queued calls while slots are free, then let waiters in.
 
         In a partition the queue is shared, so the next call may be another
@@ -231,7 +228,25 @@ class Submitting(CoreState):
         while True:
             call = admission.pop_ready()
             if call is not None:
-                self.started_queued(call)
+                # started_queued(), inlined: the queue's hot path.
+                if not now:
+                    now = perf_counter_ns()
+                since = call.value
+                waited = 0 if since is None else now - since
+                call.value = now
+                host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                waits = host.waits
+                if waited < 1024:  # _tracking.bucket_of(), inlined, its constants too
+                    waits.counts[0] += 1
+                else:
+                    bits = waited.bit_length()
+                    index = ((bits - 11) << 2) + ((waited >> (bits - 3)) & 3) + 1
+                    waits.counts[index if index < BUCKETS else BUCKETS - 1] += 1
+                    if waited > waits.max:  # noqa: PLR1730  # max() is a call
+                        waits.max = waited
+                if _tracking.hook is not None:
+                    _tracking.hook.started(host, call, waited)
+                host.launch(call)
                 continue
             waiter = admission.pop_waiter()
             if waiter is None:
@@ -240,19 +255,20 @@ class Submitting(CoreState):
             # Not can_run_now(): the waiters behind this one are no reason to queue it.
             if admission.slots < admission.max_concurrency and not admission.pending:
                 admission.accept_running(call)
-                self.started_queued(call)
+                self.started_queued(call, now)
             else:
                 admission.accept_pending(call)
             waiter.event.set()
 
     @staticmethod
-    def started_queued(call: BaseCall[Any]) -> None:
-        """Launch a call that waited (queued, or parked): its wait ends, its run begins."""
+    def started_queued(call: BaseCall[Any], now: int) -> None:
+        """Launch a call that waited (parked): its wait ends, its run begins."""
         host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-        since = host.since
-        now = perf_counter_ns()
-        waited = now - since.get(call, now)
-        since[call] = now
+        if not now:
+            now = perf_counter_ns()
+        since = call.value
+        waited = 0 if since is None else now - since
+        call.value = now
         host.waits.add(waited)
         if _tracking.hook is not None:
             _tracking.hook.started(host, call, waited)

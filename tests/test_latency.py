@@ -76,8 +76,16 @@ class TestWaitingForThread:
         def work() -> None:
             assert release.wait(WAIT)
 
+        entered = threading.Event()
+
+        def first() -> None:
+            entered.set()
+            work()
+
         async with Activity(max_concurrency=4, thread_limit=1) as act:
-            await act.asynchronous_call(work)
+            await act.asynchronous_call(first)
+            # It holds the thread before the others ask (trio orders new tasks as it likes).
+            await wait_for(act, lambda _: entered.is_set())
             queued = [await act.asynchronous_call(work) for _ in range(2)]
             await wait_for(act, lambda s: s.running == 1 and s.waiting_for_thread == 2)
             queued[0].cancel()
