@@ -22,7 +22,7 @@ A private module: :mod:`activity.integrations.asgi` exports both names.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, final
 
@@ -32,6 +32,8 @@ from .problem import resolve_status_map
 
 if TYPE_CHECKING:
     from activity import HResult
+
+    from ._request import RequestInfo
 
 __all__ = ["WebKeywords", "WebOptions"]
 
@@ -78,6 +80,14 @@ class WebOptions:
     #: A path (such as ``"/_activity/stats"``) where ``GET`` returns
     #: :class:`~activity.integrations.asgi.AppStatistics` as JSON; ``None`` serves none.
     statistics_path: str | None = None
+    #: Sessions: a callable from a request's
+    #: :class:`~activity.integrations.asgi.RequestInfo` to its session's key (a
+    #: cookie, a header, the authenticated user), or ``None`` for a request of no
+    #: session. The requests of one session then run one at a time, in the order
+    #: they arrived, each in its turn of the session's activity (a key of a
+    #: :class:`~activity.KeyedActivity` under the app activity); different
+    #: sessions run side by side. ``None`` (the default): no sessions.
+    session_key: Callable[[RequestInfo], Hashable | None] | None = None
 
     #: The app activity's config, from :attr:`app_options`.
     app_config: ActivityConfig = field(init=False, repr=False, compare=False)
@@ -126,6 +136,14 @@ class WebOptions:
                 field="statistics_path",
                 value=path,
             )
+        session_key = self.session_key
+        if session_key is not None and not callable(session_key):
+            raise InvalidArgumentError(
+                f"session_key must be a callable from the request to a key, or None, "
+                f"got {session_key!r}",
+                field="session_key",
+                value=session_key,
+            )
         # Copies, so that changing a mapping after the fact changes no option.
         if isinstance(self.app_options, Mapping):
             setattr_(self, "app_options", types.MappingProxyType(dict(self.app_options)))
@@ -152,6 +170,7 @@ class WebKeywords(TypedDict, total=False):
     status_map: Mapping[int, int] | None
     retry_after: int
     statistics_path: str | None
+    session_key: Callable[[RequestInfo], Hashable | None] | None
 
 
 def _config_of(

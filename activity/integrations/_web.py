@@ -33,12 +33,21 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 
-from activity import Activity, ActivityClosedError, ActivityError, ActivityLocal, LocalScope
+from activity import (
+    Activity,
+    ActivityClosedError,
+    ActivityError,
+    ActivityLocal,
+    KeyedActivity,
+    LocalScope,
+)
 
 from ._request import APP_ACTIVITY, REQUEST, REQUEST_ACTIVITY, RequestInfo, app_statistics
 from .problem import ProblemDetails, problem_details
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
+
     from activity import ActivityConfig, Call
 
     from ._options import WebOptions
@@ -63,6 +72,12 @@ _logger = logging.getLogger("activity.integrations")
 # A request id taken from a client is echoed back and logged: keep it short and printable.
 _VALID_REQUEST_ID: Final = re.compile(r"[\x21-\x7e]{1,128}")
 _MAX_NAME: Final = 200
+
+#: With ``session_key``: how many sessions may have an activity at once (a new one
+#: evicts the session idle the longest; when all are busy it is answered 503) ...
+SESSION_MAX_KEYS: Final = 10_000
+#: ... and how many idle seconds a session's activity outlives its last request.
+SESSION_IDLE_TIMEOUT: Final = 60.0
 
 
 #: The background work of a request that a server without lifespan waits for.
@@ -121,11 +136,24 @@ class AppHost:
     new request.
     """
 
-    __slots__ = ("_closing", "_opening", "_watcher", "activity", "config", "managed")
+    __slots__ = (
+        "_closing",
+        "_opening",
+        "_watcher",
+        "activity",
+        "config",
+        "managed",
+        "sessions",
+        "with_sessions",
+    )
 
-    def __init__(self, config: ActivityConfig) -> None:
+    def __init__(self, config: ActivityConfig, *, sessions: bool = False) -> None:
         self.config = config
         self.activity: Activity | None = None
+        #: Whether the app has sessions (``session_key``), and their keyed
+        #: activity, a child of the app activity, while it is open.
+        self.with_sessions = sessions
+        self.sessions: KeyedActivity | None = None
         #: Whether a lifespan (or the application's startup and cleanup) opened the
         #: activity and will close it; else requests wait for their background work.
         self.managed = False
@@ -160,6 +188,17 @@ class AppHost:
             await act.open()
             with act.as_current():
                 APP_ACTIVITY.set(act)
+            if self.with_sessions:
+                try:
+                    self.sessions = await KeyedActivity(
+                        max_keys=SESSION_MAX_KEYS,
+                        idle_timeout=SESSION_IDLE_TIMEOUT,
+                        name=f"{act.name}.sessions"[:_MAX_NAME],
+                        parent=act,
+                    ).open()
+                except BaseException:
+                    await act.aclose()
+                    raise
             self.activity = act
             self.managed = not lazily
             if lazily:
@@ -184,7 +223,7 @@ class AppHost:
             return
         closing = self._closing = anyio.Event()
         try:
-            await act.aclose()
+            await self._close_activities(act)
         finally:
             self.activity = None
             self.managed = False
@@ -193,6 +232,58 @@ class AppHost:
             watcher, self._watcher = self._watcher, None
             if watcher is not None and watcher is not asyncio.current_task():
                 watcher.cancel()
+
+    async def _close_activities(self, act: Activity) -> None:
+        """Close the sessions (their requests' turns drain first), then the app activity."""
+        sessions, self.sessions = self.sessions, None
+        if sessions is None:
+            await act.aclose()
+            return
+        failures: list[Exception] = []
+        try:
+            await sessions.aclose()
+        except ExceptionGroup as group:
+            failures.extend(group.exceptions)
+        try:
+            await act.aclose()
+        except ExceptionGroup as group:
+            failures.extend(group.exceptions)
+        if failures:
+            message = f"{len(failures)} unobserved failure(s) in activity {act.name!r}"
+            raise ExceptionGroup(message, failures)
+
+    @contextlib.asynccontextmanager
+    async def session_turn(self, key: Hashable) -> AsyncGenerator[None]:
+        """Hold the turn of session ``key`` while the block runs.
+
+        The turn is a call of the session's activity that lasts as long as the
+        block: it waits behind the session's earlier requests (and for a place
+        among the sessions), and the session's later requests wait behind it.
+
+        :raises AsyncWorkRejectedError: if the session's queue is full, or every
+            session is busy
+        """
+        sessions = self.sessions
+        if sessions is None:
+            raise ActivityClosedError("the app activity has no sessions open")
+        turn = anyio.Event()
+        release = anyio.Event()
+
+        async def request_turn() -> None:
+            turn.set()
+            await release.wait()
+
+        call = await sessions.asynchronous_call(key, request_turn, name="request")
+        call.add_done_callback(lambda _: turn.set())
+        try:
+            await turn.wait()
+            if call.done():  # cancelled (shutdown) before its turn came
+                await call
+            yield
+        finally:
+            release.set()
+            if not call.done() and not turn.is_set():
+                call.cancel("the request ended before its session's turn came")
 
     def _close_at_loop_end(self) -> None:
         # Without a lifespan nobody says when the application ends; on asyncio the
@@ -236,7 +327,7 @@ class WebRuntime:
 
     def __init__(self, options: WebOptions) -> None:
         self.options = options
-        self.host = AppHost(options.app_config)
+        self.host = AppHost(options.app_config, sessions=options.session_key is not None)
 
     def request_id(self, supplied: str | None) -> str:
         """The client's request id if it is a sane one, else a new one."""
@@ -266,13 +357,19 @@ class WebRuntime:
         config = self.options.request_config
         if config.name is None:
             config = config.with_options({"name": f"{info.method} {info.path}"[:_MAX_NAME]})
-        async with Activity(config, parent=app) as request:
-            REQUEST.set(info)
-            APP_ACTIVITY.set(app)
-            REQUEST_ACTIVITY.set(request)
-            if jobs is not None:
-                JOBS.set(jobs)
-            yield request
+        session_key = self.options.session_key
+        key = None if session_key is None else session_key(info)
+        async with contextlib.AsyncExitStack() as stack:
+            if key is not None:
+                # The session's turn spans the request activity, its drain included.
+                await stack.enter_async_context(self.host.session_turn(key))
+            async with Activity(config, parent=app) as request:
+                REQUEST.set(info)
+                APP_ACTIVITY.set(app)
+                REQUEST_ACTIVITY.set(request)
+                if jobs is not None:
+                    JOBS.set(jobs)
+                yield request
 
     def problem(self, exc: ActivityError, info: RequestInfo | None) -> ProblemDetails:
         """The problem document that answers ``exc``, with this application's statuses."""

@@ -627,6 +627,7 @@ class TestAtTheASGILevel:
             "status_map": None,
             "retry_after": 1,
             "statistics_path": None,
+            "session_key": None,
         }
         assert defaults.request_config == ActivityConfig()
         assert defaults.statuses == DEFAULT_STATUS_MAP
