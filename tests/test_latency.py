@@ -118,9 +118,9 @@ class TestDurations:
             await gate.wait()
 
         async with Activity(max_concurrency=1) as act:
-            submitted = time.perf_counter()
             for _ in range(3):
                 await act.asynchronous_call(work)
+            submitted = time.perf_counter()  # every call was submitted before this
             await wait_for(act, lambda s: s.pending == 2)
             await anyio.sleep(0.01)  # so that the wait is long enough to be seen
             held = time.perf_counter() - submitted
@@ -133,7 +133,8 @@ class TestDurations:
             assert len(known) == 4
             assert known == sorted(known)
             assert known[0] >= 0
-        # The first call waited for nothing; the two queued ones for the first call's run.
+        # The first call waited for nothing; the two queued ones for the first call's run,
+        # which ended after `held`.
         assert (stats.wait_time.p50 or 0) >= held
         assert (stats.wait_time.max or 0) >= held
         assert (stats.run_time.max or 0) >= held
