@@ -1,7 +1,8 @@
 """The Dask backend against a real cluster: a LocalCluster of two worker processes.
 
-One cluster serves the whole file (a session fixture): its scheduler runs in
-this process, its workers in two processes of their own, on 127.0.0.1. The
+One cluster serves the whole file (a module-scoped fixture, torn down with the
+file, so that its connections and threads never show in another file's leak
+checks): its scheduler runs in this process, its workers in two processes of their own, on 127.0.0.1. The
 scheduler is told to give up on a task at the first worker that dies with it
 (``allowed-failures`` 0), so that a worker killed during a call fails the call
 at once, as the documentation says. The functions below travel by value
@@ -75,7 +76,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
     return request.param
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """Two worker processes on 127.0.0.1; a task dies with the first worker it kills."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
@@ -90,7 +91,7 @@ def cluster() -> Iterator[Any]:
         yield local
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def session_client(cluster: Any) -> Iterator[Any]:
     with distributed.Client(cluster) as client:
         yield client
