@@ -2,11 +2,12 @@
 
 One cluster serves the whole file (a module-scoped fixture, torn down with the
 file, so that its connections and threads never show in another file's leak
-checks): its scheduler runs in this process, its workers in two processes of their own, on 127.0.0.1. The
-scheduler is told to give up on a task at the first worker that dies with it
-(``allowed-failures`` 0), so that a worker killed during a call fails the call
-at once, as the documentation says. The functions below travel by value
-(``cloudpickle.register_pickle_by_value``): the workers need not import this file.
+checks): its scheduler runs in this process, its workers in two processes of
+their own, on 127.0.0.1. The scheduler is told to give up on a task at the
+first worker that dies with it (``allowed-failures`` 0), so that a worker
+killed during a call fails the call at once, as the documentation says. The
+functions below travel by value (``cloudpickle.register_pickle_by_value``):
+the workers need not import this file.
 """
 
 from __future__ import annotations
