@@ -259,7 +259,12 @@ class CoreState(abc.ABC):
             waiting += workers.gauge.waiting
         limiter = getattr(dispatcher, "_limiter", None)
         if isinstance(limiter, CapacityLimiter):
-            waiting += limiter.statistics().tasks_waiting
+            for _ in range(3):
+                try:
+                    waiting += limiter.statistics().tasks_waiting
+                    break
+                except RuntimeError:  # read from another thread as its borrowers changed
+                    continue
         return waiting
 
     def partition_statistics(self) -> PartitionStatistics | None:
