@@ -336,7 +336,9 @@ def instrument(
 def uninstrument() -> None:
     """Stop recording; the spans of the calls still under way end now.
 
-    Does nothing if :func:`instrument` was not called.
+    Does nothing if :func:`instrument` was not called. The activities opened
+    while instrumented keep running their synchronous calls through the common
+    path (see the module's doc) until they close.
 
     .. versionadded:: 0.1
     """
