@@ -157,6 +157,29 @@ class TestAsynchronousCalls:
         assert (stats.completed, stats.failed, stats.cancelled) == (1, 1, 0)
         assert_free(act)
 
+    async def test_a_coroutine_cancelled_in_line_is_closed(self) -> None:
+        # Not a timeout, but the same way out of the line: the body never runs, and
+        # the coroutine object is closed rather than left for Python to warn about.
+        ran: list[str] = []
+        release = anyio.Event()
+        async with Activity(synchronization=NEW, synchronization_timeout=LONG) as act:
+            holder = await hold(act, release)
+            coro = coroutine_function_body(ran)
+            call = await act.asynchronous_call(coro)
+            await settle()
+            assert call.cancel("no longer needed")
+            await call.wait()
+            release.set()
+            await holder
+        assert call.status is CallStatus.CANCELLED
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+        assert ran == []
+        gc.collect()
+        stats = act.statistics()
+        assert_balanced(stats)
+        assert (stats.completed, stats.failed, stats.cancelled) == (1, 0, 1)
+        assert_free(act)
+
     async def test_the_next_waiter_gets_its_turn(self) -> None:
         # The child's call waits with a short limit of its own, the parent's call
         # behind it with none: once the first has timed out and the holder leaves,
