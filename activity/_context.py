@@ -406,7 +406,7 @@ class SynchronizationDomain:
             self.abandon(causality, ticket)
             raise CallTimeoutError(
                 f"waited {timeout} s (synchronization_timeout) to enter synchronization "
-                f"domain {self.name!r}, held by {holder}; the call did not run",
+                f"domain {self.name!r}, held by {holder}; the waiting work did not run",
                 hresult=HResult.CONTEXT_E_SYNCH_TIMEOUT,
             )
 
