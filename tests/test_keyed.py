@@ -24,6 +24,7 @@ from activity import (
     Call,
     CallCancelledError,
     CallStatus,
+    CallTimeoutError,
     InvalidArgumentError,
     KeyedActivity,
     Overflow,
@@ -61,7 +62,7 @@ class Serial:
         self.order: dict[Hashable, list[int]] = {}
         self.overlaps = 0
 
-    async def job(self, key: Hashable, seq: int, steps: int = 2) -> int:
+    async def job(self, key: Hashable, seq: int, steps: int = 2, fail: bool = False) -> int:
         self.active[key] = self.active.get(key, 0) + 1
         if self.active[key] > 1:
             self.overlaps += 1
@@ -69,6 +70,8 @@ class Serial:
             for _ in range(steps):
                 await anyio.lowlevel.checkpoint()
             self.order.setdefault(key, []).append(seq)
+            if fail:
+                raise ValueError(f"{key} {seq} fails")
             return seq
         finally:
             self.active[key] -= 1
@@ -576,16 +579,32 @@ async def test_calls_from_another_thread_are_refused() -> None:
             await anyio.to_thread.run_sync(from_thread)
 
 
-async def test_storm_of_calls_over_many_keys_keeps_each_keys_order() -> None:
+async def test_a_storm_of_calls_over_many_keys_keeps_each_keys_order() -> None:
+    await storm(2000)
+
+
+@pytest.mark.storm
+async def test_a_storm_of_ten_thousand_calls_over_a_hundred_keys(
+    request: pytest.FixtureRequest,
+) -> None:
+    if "storm" not in (request.config.option.markexpr or ""):
+        pytest.skip("a long storm: run it with -m storm")
+    await storm(10_000)
+
+
+async def storm(count: int) -> None:
+    """Calls over 100 keys, some failing, some cancelled: each key's order, exact counts."""
     rng = random.Random(1717)
     serial = Serial()
     calls: list[tuple[str, int, Call[int]]] = []
     sequence: dict[str, int] = {}
     async with KeyedActivity(max_keys=100, max_concurrency=20) as keyed:
-        for _ in range(2000):
+        for _ in range(count):
             key = f"key-{rng.randrange(100)}"
             seq = sequence[key] = sequence.get(key, -1) + 1
-            call = await keyed.asynchronous_call(key, serial.job, key, seq, rng.randrange(3))
+            fail = rng.random() < 0.05
+            steps = rng.randrange(3)
+            call = await keyed.asynchronous_call(key, serial.job, key, seq, steps, fail)
             calls.append((key, seq, call))
             if rng.random() < 0.05:
                 call.cancel()
@@ -593,12 +612,59 @@ async def test_storm_of_calls_over_many_keys_keeps_each_keys_order() -> None:
             for _, _, call in calls:
                 await call.wait()
         ran = {
-            key: [seq for k, seq, call in calls if k == key and call.status is CallStatus.COMPLETED]
+            key: [
+                seq
+                for k, seq, call in calls
+                if k == key and call.status in (CallStatus.COMPLETED, CallStatus.FAILED)
+            ]
             for key in sequence
         }
+        statuses = [call.status for _, _, call in calls]
         total = keyed.statistics()
-        cancelled = sum(call.status is CallStatus.CANCELLED for _, _, call in calls)
-        assert (total.accepted, total.cancelled) == (2000, cancelled)
-        assert total.completed == 2000 - cancelled
+        assert (total.accepted, total.pending, total.running) == (count, 0, 0)
+        assert total.completed == statuses.count(CallStatus.COMPLETED)
+        assert total.failed == statuses.count(CallStatus.FAILED) > 0
+        assert total.cancelled == statuses.count(CallStatus.CANCELLED) > 0
+        check_balanced(total)
+        for _, _, call in calls:
+            if call.status is CallStatus.FAILED:
+                assert isinstance(call.exception(), ValueError)  # observed
     assert serial.overlaps == 0
     assert serial.order == {k: v for k, v in ran.items() if v}
+
+
+async def test_a_call_times_out_and_its_key_goes_on() -> None:
+    gate = anyio.Event()
+    async with KeyedActivity() as keyed:
+        slow = await keyed.asynchronous_call("k", gate.wait, timeout=0.01)
+        after = await keyed.asynchronous_call("k", len, "after")
+        with pytest.raises(CallTimeoutError):
+            await slow
+        assert await after == 5
+        with pytest.raises(CallTimeoutError):
+            await keyed.synchronous_call("k", gate.wait, timeout=0.01)
+        stats = keyed.key_statistics("k")
+        assert stats is not None
+        assert (stats.failed, stats.completed) == (2, 1)
+
+
+async def test_a_call_cancelled_while_it_waits_for_a_place_in_the_parent() -> None:
+    gate = anyio.Event()
+    ran: list[str] = []
+
+    async def mark(name: str) -> None:
+        ran.append(name)
+
+    async with KeyedActivity(max_concurrency=1) as keyed:
+        holder = await keyed.asynchronous_call("a", gate.wait)
+        waiting = await keyed.asynchronous_call("b", mark, "b")
+        await until(lambda: keyed.activity.statistics().pending == 1)
+        waiting.cancel()
+        with pytest.raises(CallCancelledError):
+            await waiting
+        assert keyed.activity.statistics().pending == 0
+        gate.set()
+        await holder
+        await keyed.synchronous_call("b", mark, "b again")
+    assert ran == ["b again"]
+    assert keyed.statistics().cancelled == 1
