@@ -61,6 +61,7 @@ DEFAULT_STATUS_MAP: Final[Mapping[HResult, int]] = types.MappingProxyType(
         HResult.E_ACCESSDENIED: 403,
         HResult.E_NOTIMPL: 501,
         HResult.E_TIMEOUT: 504,
+        HResult.CONTEXT_E_SYNCH_TIMEOUT: 504,
     }
 )
 
@@ -222,6 +223,10 @@ PLAIN_DETAILS: Final[Mapping[HResult, str]] = {
         "The server is shutting down and accepts no new work; try again later."
     ),
     HResult.E_TIMEOUT: "The work for this request did not finish in time.",
+    HResult.CONTEXT_E_SYNCH_TIMEOUT: "The work for this request waited too long for its turn.",
+    HResult.CONTEXT_E_WOULD_DEADLOCK: (
+        "The work for this request would have waited for itself, so it was stopped."
+    ),
     HResult.E_ABORT: "The work for this request was cancelled before it finished.",
     HResult.E_FAIL: "The server failed to do the work for this request.",
 }

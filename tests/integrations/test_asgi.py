@@ -676,6 +676,7 @@ class TestAtTheASGILevel:
             HResult.E_ACCESSDENIED: 403,
             HResult.E_NOTIMPL: 501,
             HResult.E_TIMEOUT: 504,
+            HResult.CONTEXT_E_SYNCH_TIMEOUT: 504,
         }
         middleware = ActivityMiddleware(respond, app_options=ActivityConfig(max_pending=5))
         assert middleware.app_activity is None
