@@ -253,7 +253,11 @@ class KeyedActivity:
         return self._idle_timeout
 
     def keys(self) -> list[Hashable]:
-        """The live keys (those with an activity), the one idle the longest first."""
+        """The live keys: those that have an activity now.
+
+        Idle keys come in the order they became idle, the one idle the longest
+        first (the next to be evicted).
+        """
         return list(self._slots)
 
     def activity_of(self, key: Hashable) -> Activity | None:

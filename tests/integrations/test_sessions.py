@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from activity import Activity, InvalidArgumentError, current_activity
+from activity.integrations.aiohttp import setup
 from activity.integrations.asgi import (
     ActivityMiddleware,
     RequestInfo,
@@ -21,10 +23,12 @@ from activity.integrations.asgi import (
 )
 
 from .scenarios import DEADLINE
-from .servers import serve_uvicorn
+from .servers import serve_aiohttp, serve_uvicorn
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from aiohttp.typedefs import Handler
 
     from activity.integrations.asgi import Receive, Scope, Send
 
@@ -205,3 +209,53 @@ def test_session_key_must_be_callable() -> None:
         WebOptions(session_key=bad)
     assert refused.value.field == "session_key"
     assert WebOptions().session_key is None
+
+
+@pytest.mark.asyncio
+async def test_sessions_on_aiohttp() -> None:
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+    entered: dict[str, asyncio.Event] = {}
+
+    def event(name: str) -> asyncio.Event:
+        return entered.setdefault(name, asyncio.Event())
+
+    async def handler(request: web.Request) -> web.Response:
+        session = request.headers.get("x-session", "-")
+        name = request.match_info["name"]
+        inside[session] = inside.get(session, 0) + 1
+        most[session] = max(most.get(session, 0), inside[session])
+        try:
+            event(name).set()
+            if name.startswith(("a", "b")) and name.endswith("1"):
+                async with asyncio.timeout(DEADLINE):
+                    await event(partner(name)).wait()  # the other session runs meanwhile
+            else:
+                # Every request of the session has come in (and waits, unless it overlaps).
+                async with asyncio.timeout(DEADLINE):
+                    await all_in.wait()
+        finally:
+            inside[session] -= 1
+        return web.Response(text=name)
+
+    arrived: list[str] = []
+    all_in = asyncio.Event()
+
+    @web.middleware
+    async def count_arrivals(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.headers.get("x-session") == "c":
+            arrived.append(request.path)
+            if len(arrived) == 6:
+                all_in.set()
+        return await handler(request)
+
+    application = web.Application()
+    setup(application, session_key=session_of)
+    application.middlewares.insert(0, count_arrivals)  # outside the sessions' turns
+    application.router.add_get("/{name}", handler)
+    async with serve_aiohttp(application) as url, httpx.AsyncClient(base_url=url) as client:
+        met = await asyncio.gather(get(client, "/a1", "a"), get(client, "/b1", "b"))
+        assert [r.text for r in met] == ["a1", "b1"]
+        serial = await asyncio.gather(*(get(client, f"/c{i}", "c") for i in range(2, 8)))
+        assert [r.status_code for r in serial] == [200] * 6
+    assert most["c"] == 1
