@@ -392,9 +392,9 @@ class KeyedActivity:
         failures[:0] = self._failures
         self._failures = []
         if failures:
-            message = f"{len(failures)} unobserved failure(s) in keyed activity {self.name!r}"
             if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 failures.insert(0, exc)  # what the block raised comes first, as for an activity
+            message = f"{len(failures)} unobserved failure(s) in keyed activity {self.name!r}"
             if all(isinstance(f, Exception) for f in failures):
                 raise ExceptionGroup(message, cast("list[Exception]", failures))
             raise BaseExceptionGroup(message, failures)
