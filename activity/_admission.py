@@ -4,7 +4,9 @@ Two records take part in every admission decision:
 
 - :class:`Counters`, one per activity: what its ``statistics()`` report. At
   every point where user code can look,
-  ``accepted == pending + running + completed + failed + cancelled``.
+  ``accepted == pending + running + completed + failed + cancelled``, where
+  ``running`` still counts the calls waiting for a thread (``statistics()``
+  reports those apart, as ``waiting_for_thread``).
 - :class:`Admission`, the *budget*: the places to run (``max_concurrency``),
   the places to wait (``max_pending``), the FIFO queue and the parked
   submitters. An activity has its own, unless it names a partition: then all
