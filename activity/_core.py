@@ -27,7 +27,6 @@ from threading import current_thread, get_ident
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
-from anyio import CapacityLimiter
 
 from ._admission import Admission
 from ._call import BaseCall, CallStatus, Counters, InlineCall
@@ -35,7 +34,6 @@ from ._config import ActivityConfig, FailurePolicy, LocalScope, ThreadPool
 from ._context import CallLocals, Frame, frame_var
 from ._errors import ActivityClosedError, WrongThreadError
 from ._tracking import ActivityStatistics, Histogram, PartitionStatistics
-from ._workers import Workers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -251,20 +249,8 @@ class CoreState(abc.ABC):
         if apartment is not None:
             waiting += apartment.gauge.waiting
         dispatcher = self.dispatcher
-        if dispatcher is None:
-            return waiting
-        # The backends keep these to themselves; they are read, never changed.
-        workers = getattr(dispatcher, "_workers", None)
-        if isinstance(workers, Workers):
-            waiting += workers.gauge.waiting
-        limiter = getattr(dispatcher, "_limiter", None)
-        if isinstance(limiter, CapacityLimiter):
-            for _ in range(3):
-                try:
-                    waiting += limiter.statistics().tasks_waiting
-                    break
-                except RuntimeError:  # read from another thread as its borrowers changed
-                    continue
+        if dispatcher is not None:
+            waiting += dispatcher.threads_waiting()
         return waiting
 
     def partition_statistics(self) -> PartitionStatistics | None:

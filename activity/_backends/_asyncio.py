@@ -423,6 +423,11 @@ class AsyncioDispatcher:
             self._workers = None
             workers.shutdown()
 
+    def threads_waiting(self) -> int:
+        """The calls past the activity's ``thread_limit``: its worker share's gauge."""
+        workers = self._workers
+        return 0 if workers is None else workers.gauge.waiting
+
     def reentry_host(self, frame: Frame | None) -> ReentryHost | None:
         """The host the calling thread becomes to call back in from ``frame``, if any.
 

@@ -408,6 +408,15 @@ class TrioDispatcher:
         with anyio.CancelScope(shield=True):
             await event.wait()
 
+    def threads_waiting(self) -> int:
+        """The tasks waiting for the activity's thread limiter."""
+        for _ in range(3):
+            try:
+                return self._limiter.statistics().tasks_waiting
+            except RuntimeError:  # read from another thread as its borrowers changed
+                continue
+        return 0
+
     def reentry_host(self, frame: Frame | None) -> ReentryHost | None:
         """The host the calling thread becomes to call back in from ``frame``, if any.
 
