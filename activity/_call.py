@@ -170,6 +170,7 @@ class BaseCall(Generic[T_co]):
         "kind",
         "observed",
         "origin",
+        "stamp",
         "state",
         "synchronous",
         "timed_out",
@@ -193,6 +194,9 @@ class BaseCall(Generic[T_co]):
     kind: Kind
     observed: bool
     origin: Any
+    #: ``perf_counter_ns()`` when the call was accepted, then when it started;
+    #: what the wait and run histograms are timed from (0 until accepted).
+    stamp: int
     value: Any
     state: CallStatus
     synchronous: bool
@@ -234,6 +238,7 @@ class BaseCall(Generic[T_co]):
         self.ident = next(_ids)
         self.state = status
         self.value = None
+        self.stamp = 0
         self.error = None
         self.observed = False
         self.future = None

@@ -152,9 +152,9 @@ class CoreState(abc.ABC):
         self.calls_own_locals = config.local_scope is LocalScope.CALL
         self.locals: dict[Any, Any] = CallLocals(self) if self.calls_own_locals else {}
         self.running_calls: set[BaseCall[Any]] = set()
-        #: How long calls waited to start, and how long they ran. While a call is in
-        #: flight, its ``value`` (its result once completed) holds when it was
-        #: submitted, then when it started (``perf_counter_ns``): no table grows per call.
+        #: How long calls waited to start, and how long they ran, timed from each
+        #: call's ``stamp``: when it was submitted, then when it started
+        #: (``perf_counter_ns``), so no table grows per call.
         self.waits = Histogram()
         self.runs = Histogram()
         #: Synchronous calls running inline in their callers' tasks, not yet Calls.

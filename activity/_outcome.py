@@ -62,12 +62,10 @@ class Settling(Submitting):
             call.fn.close()  # it never ran: Python must not warn that it was never awaited
         freed = self.admission.finish(call, status)
         self.running_calls.discard(call)
-        # In flight, the call's value was when it started (see CoreState.waits).
-        since = call.value
-        call.value = None
+        since = call.stamp  # when it started (see CoreState.waits)
         ran = -1
         end = 0
-        if since is not None and started is RUNNING:
+        if since and started is RUNNING:
             # The run's histogram: _tracking.bucket_of() inlined, its constants too.
             end = perf_counter_ns()
             ran = end - since

@@ -159,8 +159,8 @@ class Submitting(CoreState):
             # LocalScope.CALL: the call starts a table of values of its own, a copy of
             # what its submitter sees (as a task starts with a copy of the context).
             context.run(call_values.set, (self, visible_values(frame, self)))
-        # Its wait is timed from here: until it ends, its value is when (see CoreState.waits).
-        call.value = perf_counter_ns()
+        # Its wait is timed from here (see CoreState.waits).
+        call.stamp = perf_counter_ns()
         if _tracking.hook is not None:
             _tracking.hook.accepted(self, call)
         return call
@@ -231,9 +231,9 @@ class Submitting(CoreState):
                 # started_queued(), inlined: the queue's hot path.
                 if not now:
                     now = perf_counter_ns()
-                since = call.value
-                waited = 0 if since is None else now - since
-                call.value = now
+                since = call.stamp
+                waited = now - since if since else 0
+                call.stamp = now
                 host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                 waits = host.waits
                 if waited < 1024:  # _tracking.bucket_of(), inlined, its constants too
@@ -266,9 +266,9 @@ class Submitting(CoreState):
         host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         if not now:
             now = perf_counter_ns()
-        since = call.value
-        waited = 0 if since is None else now - since
-        call.value = now
+        since = call.stamp
+        waited = now - since if since else 0
+        call.stamp = now
         host.waits.add(waited)
         if _tracking.hook is not None:
             _tracking.hook.started(host, call, waited)
