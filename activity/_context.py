@@ -324,12 +324,16 @@ class SynchronizationDomain:
     waiting chain) is refused with :class:`WouldDeadlockError` instead, and one
     that waits longer than its activity's ``synchronization_timeout`` gives up its
     place with :class:`CallTimeoutError` (``CONTEXT_E_SYNCH_TIMEOUT``).
+
+    Read it through :attr:`Activity.synchronization_domain`: its ``name`` and
+    ``owner`` are for looking; entering and leaving belong to the activities.
     """
 
     __slots__ = ("_depth", "_new_event", "_owner", "_waiters", "name")
 
     def __init__(self, name: str, new_event: Callable[[], Event]) -> None:
         self.name: str = name
+        """The domain's name: that of the activity that made it."""
         self._new_event = new_event
         self._owner: object | None = None
         self._depth = 0
