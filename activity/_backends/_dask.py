@@ -320,7 +320,7 @@ class _Lease:
             loop=client.loop,
         )
         #: The threads that wait for leases (the semaphore's client is synchronous).
-        self.limiter = anyio.CapacityLimiter(max_leases)
+        self.limiter: anyio.CapacityLimiter = anyio.CapacityLimiter(max_leases)
 
     async def acquire(self) -> None:
         """Wait for a lease; a cancelled wait gives back a lease it got too late."""
@@ -671,8 +671,8 @@ class RemoteBody:
         qualname = getattr(fn, "__qualname__", None)
         self.__qualname__: str = qualname if isinstance(qualname, str) else type(fn).__qualname__
         #: The call's name and id, for messages and task keys (set once the call is made).
-        self.name = self.__qualname__
-        self.ident = 0
+        self.name: str = self.__qualname__
+        self.ident: int = 0
 
     def __call__(self) -> Coroutine[Any, Any, Any]:
         return self.executor.run(self)
