@@ -45,4 +45,10 @@ __all__ = [
     "WorkerLostError",
 ]
 
+
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 DaskExecutor.__module__ = __name__

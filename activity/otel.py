@@ -67,6 +67,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DURATION_BUCKETS", "instrument", "instrumented", "uninstrument"]
 
+
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 #: The buckets (seconds) the duration histograms advise the SDK to use, from 100 µs to 5 min.
 DURATION_BUCKETS: Final = (
     0.0001,

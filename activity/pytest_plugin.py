@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 __all__ = ["activity_factory", "assert_balanced"]
 
 
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 def assert_balanced(statistics: ActivityStatistics) -> None:
     """Assert that every accepted call is accounted for.
 

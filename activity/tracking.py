@@ -38,6 +38,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The module's public names only, for ``dir()`` and completion."""
+    return sorted(__all__)
+
+
 @dataclass(frozen=True, slots=True)
 class TrackingEvent:
     """One thing that happened to an activity or one of its calls."""
