@@ -229,3 +229,47 @@ class TestTheTaskItRunsIn:
             await settle(calls)
             assert calls[0].result() is True
             assert calls[1].result() == "after"
+
+
+@pytest.mark.parametrize("scope_first", [True, False], ids=["scope-first", "call-first"])
+async def test_a_cancel_that_meets_a_cancel_scope_of_the_body_is_not_swallowed(
+    scope_first: bool,
+) -> None:
+    # A cancel scope inside the body that is cancelled in the same step as the
+    # call (its deadline passing as Call.cancel() comes) must not take the call's
+    # cancellation for its own: the call ends CANCELLED instead of running on.
+    scopes: list[anyio.CancelScope] = []
+    inside = anyio.Event()
+    rounds = 0
+
+    async def body() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                inside.set()
+                await anyio.Event().wait()
+
+    async with Activity(name="race", shutdown_timeout=1) as act:
+        call = act.asynchronous_call_nowait(body)
+        with anyio.fail_after(LIMIT):
+            await inside.wait()
+        if scope_first:
+            scopes[-1].cancel()
+            call.cancel()
+        else:
+            call.cancel()
+            scopes[-1].cancel()
+        with anyio.fail_after(LIMIT):
+            await call.wait()
+        assert call.status is CallStatus.CANCELLED
+        assert rounds == 1
+        # The runner took back its request: the next call is not cancelled.
+        assert await act.synchronous_call(asyncio_free_answer) == 42
+        assert_balanced(act.statistics())
+
+
+async def asyncio_free_answer() -> int:
+    await anyio.lowlevel.checkpoint()
+    return 42

@@ -205,9 +205,10 @@ class AsyncioDispatcher:
                 result = await drive(runner, coro, context)
             except asyncio.CancelledError as exc:
                 assert task is not None
-                if task.cancelling():
-                    # The runner task itself was cancelled (the loop is ending, or
-                    # the body cancelled its task): the call ends, and so does the runner.
+                if task.cancelling() > runner.requested:
+                    # The runner task itself was cancelled, not for the call (the loop
+                    # is ending, or the body cancelled its task): the call ends, and so
+                    # does the runner.
                     stopped = exc
                     outcome = CANCELLED, None, None
                 else:
@@ -218,7 +219,7 @@ class AsyncioDispatcher:
                     stopped = exc
             else:
                 outcome = outcome_of_result(call, result)
-            runner.cancel_pending = False
+            runner.undo_requests()
             extras = call.extras
             if extras is not None and extras.timer is not None:
                 extras.timer.cancel()

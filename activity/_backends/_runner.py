@@ -12,13 +12,17 @@ call's coroutine step by step inside it (as ``drive_in_context`` does), so
 the body sees its own context, ``ActivityLocal`` values and frame, never the
 runner's or another call's.
 
-Each call is still cancelled on its own. A task is cancelled by cancelling
-the future it waits on (or, if it waits on none, by throwing the cancellation
-in at its next step); a runner does the same for the call it drives, without
-touching the task's own cancellation count, so nothing is left over for the
-next call. A cancellation of the runner task itself (the loop shutting down,
-or code that cancels ``asyncio.current_task()``) ends the call as cancelled
-and ends the runner, as it would end a task of the call's own.
+Each call is still cancelled on its own. A call that waits on a future is
+cancelled with ``Task.cancel()`` on the runner, as a task of its own would be:
+the request is counted (``Task.cancelling()``), so a cancel scope in the body
+whose deadline passes at the same moment (anyio's ``move_on_after``) does not
+take the cancellation for its own and swallow it. Once the call is settled the
+runner ``uncancel()``-s what was asked for it, so nothing is left over for the
+next call. A call that is not waiting (not started yet, or cancelled by its own
+body) gets the cancellation thrown in at its next step. A cancellation of the
+runner task that nobody asked of a call (the loop shutting down, or code that
+cancels ``asyncio.current_task()``) ends the call as cancelled and ends the
+runner, as it would end a task of the call's own.
 
 What a call may assume: ``asyncio.current_task()`` is the task that runs it,
 which may run other calls of the activity before and after it (never at the
@@ -45,7 +49,7 @@ __all__ = ["Runner", "drive"]
 class Runner:
     """One runner task, and how to cancel the call it drives now."""
 
-    __slots__ = ("cancel_pending", "next_call", "next_coro", "task", "waiting_on")
+    __slots__ = ("cancel_pending", "next_call", "next_coro", "requested", "task", "waiting_on")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -54,6 +58,8 @@ class Runner:
         #: A cancellation asked while the body was not waiting on a future: it is
         #: thrown into the body at its next step.
         self.cancel_pending = False
+        #: The ``Task.cancel()`` requests made for the current call, undone when it ends.
+        self.requested = 0
         #: The call that settling the current one handed to this runner.
         self.next_call: BaseCall[Any] | None = None
         #: Its coroutine, made when it was started.
@@ -62,14 +68,27 @@ class Runner:
     def cancel(self) -> bool:
         """Cancel the current call's body, as ``Task.cancel()`` cancels a task's.
 
-        The future it waits on is cancelled, which wakes the body with the
-        cancellation; without one (it has not started, or is between steps) the
-        cancellation is thrown in at its next step.
+        While the body waits on a future, the runner task is cancelled: that
+        cancels the future (or, if it is already done, the task's next step) and
+        counts the request. Otherwise (it has not started, or the runner is
+        running it now) the cancellation is thrown in at its next step.
         """
-        waiting = self.waiting_on
-        if waiting is None or not waiting.cancel():
+        task = self.task
+        if self.waiting_on is not None and task is not None:
+            task.cancel()
+            self.requested += 1
+        else:
             self.cancel_pending = True
         return True
+
+    def undo_requests(self) -> None:
+        """Take back the current call's ``Task.cancel()`` requests: it has ended."""
+        task = self.task
+        if task is not None:
+            while self.requested:
+                self.requested -= 1
+                task.uncancel()
+        self.cancel_pending = False
 
 
 @types.coroutine
@@ -97,10 +116,12 @@ def drive(
         except StopIteration as stop:
             return stop.value
         value = error = None
-        if runner.cancel_pending and yielded is not None and yielded.cancel():
-            # Asked while the body ran: the future it now waits on is cancelled
-            # at once, as a task whose cancel() came between its steps does.
+        if runner.cancel_pending and yielded is not None and runner.task is not None:
+            # Asked while the body ran: the future it now waits on is cancelled as
+            # the step ends, as for a task whose cancel() came during its step.
             runner.cancel_pending = False
+            runner.task.cancel()
+            runner.requested += 1
         runner.waiting_on = yielded
         try:
             value = yield yielded
