@@ -277,19 +277,21 @@ class KeyedActivity:
     def statistics(self) -> ActivityStatistics:
         """A snapshot of the counters of every key, live or closed, added up.
 
-        ``accepted == pending + running + completed + failed + cancelled`` holds;
+        ``accepted == pending + waiting_for_thread + running + completed + failed +
+        cancelled`` holds;
         ``rejected`` adds the calls refused for ``max_keys`` to those each key
         refused. ``max_concurrency`` is the parent's, ``max_pending`` the bound
         of one key.
         """
         accepted, rejected, completed, failed, cancelled = self._retired_totals
         rejected += self._rejected
-        pending = running = 0
+        pending = waiting = running = 0
         for slot in self._slots.values():
             s = slot.child.statistics()
             accepted += s.accepted
             rejected += s.rejected
             pending += s.pending
+            waiting += s.waiting_for_thread
             running += s.running
             completed += s.completed
             failed += s.failed
@@ -301,6 +303,7 @@ class KeyedActivity:
             accepted=accepted,
             rejected=rejected,
             pending=pending,
+            waiting_for_thread=waiting,
             running=running,
             completed=completed,
             failed=failed,
@@ -761,7 +764,7 @@ class KeyedActivity:
         s = slot.child.statistics()
         # A key's calls are coroutines (their blocking bodies run in the parent's
         # threads): none of them waits for a thread of the key's activity.
-        return bool(s.pending or s.running)
+        return bool(s.pending or s.waiting_for_thread or s.running)
 
     def _release(self, slot: _Slot) -> None:
         slot.users -= 1

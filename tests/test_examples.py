@@ -11,6 +11,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
+    "keyed.py": [
+        "processed 120 events of 30 orders: 118 applied, 2 refused",
+        "every order saw its events in arrival order: True",
+        "at most one event per order at once: True",
+        "orders side by side, never more than the parent's max_concurrency: True",
+        "order-7: refused 'shipped' after 'created'",
+        "order-19: refused 'delivered' after 'paid'",
+        "hot order: 6 accepted, 4 rejected by its own queue; order-0 still accepted",
+        "order-0's activity was reclaimed when idle and made again: True",
+        "statistics: accepted=128 completed=126 failed=2 rejected=4",
+    ],
     "quickstart.py": [
         "statuses: running, running, pending",
         "page 1 fetched for req-42",

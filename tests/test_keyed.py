@@ -30,6 +30,7 @@ from activity import (
     Overflow,
     current_activity,
 )
+from activity.pytest_plugin import assert_balanced
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -48,10 +49,8 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def check_balanced(stats: Any) -> None:
-    """Every accepted call is pending, running, or ended one way."""
-    assert stats.accepted == (
-        stats.pending + stats.running + stats.completed + stats.failed + stats.cancelled
-    )
+    """Every accepted call is pending, waiting for a thread, running, or ended one way."""
+    assert_balanced(stats)
 
 
 class Serial:
