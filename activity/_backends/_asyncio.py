@@ -219,7 +219,9 @@ class AsyncioDispatcher:
                     stopped = exc
             else:
                 outcome = outcome_of_result(call, result)
-            runner.undo_requests()
+            if runner.requested:
+                runner.undo_requests()
+            runner.cancel_pending = False
             extras = call.extras
             if extras is not None and extras.timer is not None:
                 extras.timer.cancel()

@@ -85,10 +85,9 @@ class Runner:
         """Take back the current call's ``Task.cancel()`` requests: it has ended."""
         task = self.task
         if task is not None:
-            while self.requested:
-                self.requested -= 1
+            for _ in range(self.requested):
                 task.uncancel()
-        self.cancel_pending = False
+        self.requested = 0
 
 
 @types.coroutine
