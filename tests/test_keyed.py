@@ -578,16 +578,7 @@ async def test_calls_from_another_thread_are_refused() -> None:
             await anyio.to_thread.run_sync(from_thread)
 
 
-async def test_a_storm_of_calls_over_many_keys_keeps_each_keys_order() -> None:
-    await storm(2000)
-
-
-@pytest.mark.storm
-async def test_a_storm_of_ten_thousand_calls_over_a_hundred_keys(
-    request: pytest.FixtureRequest,
-) -> None:
-    if "storm" not in (request.config.option.markexpr or ""):
-        pytest.skip("a long storm: run it with -m storm")
+async def test_a_storm_of_ten_thousand_calls_over_a_hundred_keys_keeps_each_keys_order() -> None:
     await storm(10_000)
 
 
