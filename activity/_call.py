@@ -206,6 +206,43 @@ class BaseCall(Generic[T_co]):
         raise TypeError("Call objects are created by Activity.asynchronous_call(), not directly")
 
     @classmethod
+    def submitted(
+        cls,
+        activity: CallHost,
+        kind: Kind,
+        fn: Any,
+        args: tuple[Any, ...],
+        origin: Any,
+        context: Context | None,
+        stamp: int,
+    ) -> BaseCall[Any]:
+        """Make a pending asynchronous call with nothing extra, each field stored once.
+
+        The submission's hot path; :meth:`create` makes every other kind.
+        """
+        self = object.__new__(cls)
+        self.host = activity
+        self.origin = origin
+        self.causality = self
+        self.kind = kind
+        self.fn = fn
+        self.args = args
+        self.extras = None
+        self.context = context
+        self.synchronous = False
+        self.ident = next(_ids)
+        self.state = PENDING
+        self.value = None
+        self.stamp = stamp
+        self.error = None
+        self.observed = False
+        self.future = None
+        self.holds_slot = False
+        self.cancel_requested = False
+        self.timed_out = False
+        return self
+
+    @classmethod
     def create(
         cls,
         activity: CallHost,
@@ -220,31 +257,13 @@ class BaseCall(Generic[T_co]):
         name: str | None = None,
         timeout: float | None = None,
     ) -> BaseCall[Any]:
-        """Make a call; positional, the hot paths' arguments first, each store once."""
-        self = object.__new__(cls)
-        self.host = activity
-        self.origin = origin
-        self.causality = self
-        self.kind = kind
-        self.fn = fn
-        self.args = args
-        self.extras = (
-            None
-            if error_target is None and name is None and timeout is None
-            else CallExtras(error_target, name, timeout)
-        )
-        self.context = None
+        """Make a call of any kind: synchronous, running already, or with extras."""
+        self = cls.submitted(activity, kind, fn, args, origin, None, 0)
         self.synchronous = synchronous
-        self.ident = next(_ids)
         self.state = status
-        self.value = None
-        self.stamp = 0
-        self.error = None
-        self.observed = False
-        self.future = None
         self.holds_slot = holds_slot
-        self.cancel_requested = False
-        self.timed_out = False
+        if error_target is not None or name is not None or timeout is not None:
+            self.extras = CallExtras(error_target, name, timeout)
         return self
 
     def note_cancel_reason(self, reason: str | None) -> None:

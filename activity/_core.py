@@ -93,6 +93,7 @@ class CoreState(abc.ABC):
         "domain",
         "dropped_failures",
         "fail_fast",
+        "fast_submit",
         "fast_sync",
         "handler_errors",
         "handler_scopes",
@@ -181,8 +182,11 @@ class CoreState(abc.ABC):
         self.wake_token: anyio.lowlevel.EventLoopToken | None = None
         #: The asyncio loop the activity belongs to (None before it opens, and on trio).
         self.loop: asyncio.AbstractEventLoop | None = None
-        #: Whether synchronous_call may take its inline path: open, no domain to
-        #: enter and no default timeout to arm.
+        #: Whether asynchronous calls may take the short path of make_call(): no
+        #: default timeout to arm, no call-local values to copy (see _submit).
+        self.fast_submit = False
+        #: Whether synchronous_call may take its inline path: that, and no domain to
+        #: enter.
         self.fast_sync = False
 
     # -- what the layers above implement --------------------------------------------------
@@ -193,8 +197,13 @@ class CoreState(abc.ABC):
 
     @abc.abstractmethod
     def finish(
-        self, call: BaseCall[Any], status: CallStatus, result: Any, exc: BaseException | None
-    ) -> None:
+        self,
+        call: BaseCall[Any],
+        status: CallStatus,
+        result: Any,
+        exc: BaseException | None,
+        take: bool = False,
+    ) -> BaseCall[Any] | None:
         """Record how ``call`` ended, tell whoever waits, route a failure (``_outcome``)."""
 
     @abc.abstractmethod

@@ -77,7 +77,8 @@ class Core(Synchronous):
             # Entered inside a call, the block goes on with that call's chain (causality).
             self.causality = None if outer is None else outer.causality
             self.token = frame_var.set(self)
-        self.fast_sync = self.domain is None and self.timeout is None and not self.calls_own_locals
+        self.fast_submit = self.timeout is None and not self.calls_own_locals
+        self.fast_sync = self.fast_submit and self.domain is None
         self.state = OPEN
         _tracking.live.add(self.activity)
         if _tracking.listeners:

@@ -52,12 +52,21 @@ class Settling(Submitting):
     __slots__ = ()
 
     def finish(
-        self, call: BaseCall[Any], status: CallStatus, result: Any, exc: BaseException | None
-    ) -> None:
-        """Record how ``call`` ended, tell whoever waits, route a failure, admit more."""
+        self,
+        call: BaseCall[Any],
+        status: CallStatus,
+        result: Any,
+        exc: BaseException | None,
+        take: bool = False,
+    ) -> BaseCall[Any] | None:
+        """Record how ``call`` ended, tell whoever waits, route a failure, admit more.
+
+        :param take: asked by the runner that ran ``call``: the call of this
+            activity that takes the place it freed is returned (see :meth:`pump`)
+        """
         started = call.state
         if started is not RUNNING and started is not PENDING:
-            return  # already finished (a cancellation raced with the end)
+            return None  # already finished (a cancellation raced with the end)
         if started is PENDING and call.kind is COROUTINE:
             call.fn.close()  # it never ran: Python must not warn that it was never awaited
         freed = self.admission.finish(call, status)
@@ -105,9 +114,56 @@ class Settling(Submitting):
         if _tracking.listeners:
             _tracking.emit(EventKind.CALL_FINISHED, self, call)
         admission = self.admission
-        if freed and (admission.pending or admission.waiters):
-            self.pump(end)  # the next call starts when this one ended: one clock read
-        self.signal_if_idle()
+        taken = None
+        if freed and (admission.queue or admission.waiters):
+            taken = self.pump(end, take)  # the next call starts when this one ended: one clock read
+        if self.idle_event is not None:
+            self.signal_if_idle()
+        return taken
+
+    def complete(self, call: BaseCall[Any], result: Any) -> BaseCall[Any] | None:
+        """A runner's call returned ``result``: settle it, and return the call it runs next.
+
+        :meth:`finish` for the common case, a call that completed and that
+        nothing else waits on or listens to (no extras: no done callback, no
+        event, no timer); any other goes through :meth:`finish`, in its own
+        context. The returned call, if any, took the place this one freed and is
+        already counted as running (see :meth:`pump`).
+        """
+        if call.state is not RUNNING:
+            return None  # already finished (a cancellation raced with the end)
+        if call.extras is not None or _tracking.hook is not None or _tracking.listeners:
+            return call.context.run(self.finish, call, COMPLETED, result, None, True)  # type: ignore[union-attr]
+        counters = self.counters
+        counters.running -= 1
+        counters.completed += 1
+        call.state = COMPLETED
+        call.value = result
+        call.args = ()
+        call.context = None  # as in finish(): the call is freed by reference counting alone
+        call.causality = None
+        self.running_calls.discard(call)
+        end = perf_counter_ns()
+        ran = end - call.stamp
+        runs = self.runs
+        if ran < 1024:  # _tracking.bucket_of(), inlined, as in finish()
+            runs.counts[0] += 1
+        else:
+            bits = ran.bit_length()
+            index = ((bits - 11) << 2) + ((ran >> (bits - 3)) & 3) + 1
+            runs.counts[index if index < BUCKETS else BUCKETS - 1] += 1
+            if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
+                runs.max = ran
+        taken = None
+        if call.holds_slot:
+            call.holds_slot = False
+            admission = self.admission
+            admission.slots -= 1
+            if admission.queue or admission.waiters:
+                taken = self.pump(end, True)
+        if self.idle_event is not None:
+            self.signal_if_idle()
+        return taken
 
     def on_failure(self, call: BaseCall[Any], exc: BaseException) -> None:
         """Route a failure: on_error, error_handler; else keep it for the exit."""

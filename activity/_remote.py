@@ -97,7 +97,7 @@ class RemoteCore(Core):
             ) from None
         await super().open(block)
         # Every call is made by new_call, which makes its body the remote one.
-        self.fast_sync = False
+        self.fast_submit = self.fast_sync = False
         config = self.config
         partition = config.partition
         executor: DaskExecutor = config.executor

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import _tracking
 from ._admission import Waiter
-from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, BaseCall, Kind
+from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, RUNNING, BaseCall, Kind
 from ._config import Overflow
 from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
@@ -45,41 +45,72 @@ class Submitting(CoreState):
         self, fn: Any, args: tuple[Any, ...], name: str | None, timeout: float | None
     ) -> BaseCall[Any]:
         """``asynchronous_call``: accept, queue, wait for room or reject."""
-        kind, body, target, call_timeout = self.validate(fn, args, timeout, name)
-        call = self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
-        admission = self.admission
-        if admission.can_run_now():
-            admission.accept_running(call)
-            self.waits.counts[0] += 1  # it waited for nothing
-            if _tracking.hook is not None:
-                _tracking.hook.started(self, call, 0)
-            self.launch(call)
-        elif admission.can_queue():
-            admission.accept_pending(call)
-        elif self.overflow is Overflow.WAIT:
-            await self.wait_for_admission(call, self.config.admission_timeout)
-        else:
-            self.reject(call, fn)
+        call = self.make_call(fn, args, name, timeout)
+        if not self.admit(call):
+            if self.overflow is Overflow.WAIT:
+                await self.wait_for_admission(call, self.config.admission_timeout)
+            else:
+                self.reject(call, fn)
         return call
 
     def submit_nowait(
         self, fn: Any, args: tuple[Any, ...], name: str | None, timeout: float | None
     ) -> BaseCall[Any]:
         """``asynchronous_call_nowait``: accept, queue or reject, at once."""
+        call = self.make_call(fn, args, name, timeout)
+        if not self.admit(call):
+            self.reject(call, fn)
+        return call
+
+    def make_call(self, fn: Any, args: tuple[Any, ...], name: Any, timeout: Any) -> BaseCall[Any]:
+        """Check a submission and make its call, or raise before anything is accepted."""
+        if (
+            self.fast_submit
+            and type(fn) is FunctionType
+            and name is None
+            and timeout is None
+            and self.state is OPEN
+            and get_ident() == self.thread_id
+            and _get_running_loop() is self.loop
+            and _tracking.hook is None
+        ):
+            # The common case, validate() and new_call() in one: a function
+            # (coroutine or plain) without options, on the activity's own thread
+            # while it is open, and no call-local values to copy.
+            flags = fn.__code__.co_flags
+            if flags & CO_COROUTINE or not flags & CO_GENERATORS:
+                frame = frame_var.get()
+                return self.call_class.submitted(
+                    self,
+                    COROUTINE_FUNCTION if flags & CO_COROUTINE else BLOCKING,
+                    fn,
+                    args,
+                    None if frame is None else frame.origin if frame.host is self else frame.host,
+                    copy_context(),  # the frame is set when the call starts (launch)
+                    perf_counter_ns(),  # its wait is timed from here (see CoreState.waits)
+                )
         kind, body, target, call_timeout = self.validate(fn, args, timeout, name)
-        call = self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
+        return self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
+
+    def admit(self, call: BaseCall[Any]) -> bool:
+        """Start ``call`` now or queue it, if that overtakes no one; else return ``False``.
+
+        ``Admission.can_run_now()`` and ``can_queue()``, inlined.
+        """
         admission = self.admission
-        if admission.can_run_now():
+        if admission.waiters:
+            return False
+        if admission.slots < admission.max_concurrency and not admission.pending:
             admission.accept_running(call)
             self.waits.counts[0] += 1  # it waited for nothing
             if _tracking.hook is not None:
                 _tracking.hook.started(self, call, 0)
             self.launch(call)
-        elif admission.can_queue():
+            return True
+        if admission.pending < admission.max_pending:
             admission.accept_pending(call)
-        else:
-            self.reject(call, fn)
-        return call
+            return True
+        return False
 
     def validate(
         self, fn: Any, args: tuple[Any, ...], timeout: Any, name: Any
@@ -218,23 +249,36 @@ class Submitting(CoreState):
             call.context.run(frame_var.set, call)  # type: ignore[union-attr]
         self.dispatcher.start(call)  # type: ignore[union-attr]
 
-    def pump(self, now: int = 0) -> None:
+    def pump(self, now: int = 0, take: bool = False) -> BaseCall[Any] | None:
         """Start queued calls while slots are free, then let waiters in.
 
         In a partition the queue is shared, so the next call may be another
-        activity's: each call is launched by its own activity.
+        activity's: each call is launched by its own activity. With ``take``
+        (a runner whose call just ended), the first call started that is this
+        activity's own is returned, counted as running, instead of launched:
+        the runner runs it next, in the same task.
         """
         admission = self.admission
+        taken: BaseCall[Any] | None = None
+        queue = admission.queue
         while True:
-            call = admission.pop_ready()
-            if call is not None:
-                # started_queued(), inlined: the queue's hot path.
+            if queue and admission.slots < admission.max_concurrency:
+                # pop_ready() and started_queued(), inlined: the queue's hot path.
+                call = queue.popleft()
+                if call.state is not PENDING:
+                    continue  # cancelled while it waited: a tombstone
+                host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                counters = host.counters
+                counters.pending -= 1
+                counters.running += 1
+                admission.pending -= 1
+                admission.slots += 1
+                call.holds_slot = True
+                call.state = RUNNING
                 if not now:
                     now = perf_counter_ns()
-                since = call.stamp
-                waited = now - since if since else 0
+                waited = now - call.stamp
                 call.stamp = now
-                host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                 waits = host.waits
                 if waited < 1024:  # _tracking.bucket_of(), inlined, its constants too
                     waits.counts[0] += 1
@@ -246,11 +290,18 @@ class Submitting(CoreState):
                         waits.max = waited
                 if _tracking.hook is not None:
                     _tracking.hook.started(host, call, waited)
-                host.launch(call)
+                if take and taken is None and host is self:
+                    # launch(), but the runner that asked starts it.
+                    self.running_calls.add(call)
+                    if not call.synchronous:
+                        call.context.run(frame_var.set, call)  # type: ignore[union-attr]
+                    taken = call
+                else:
+                    host.launch(call)
                 continue
             waiter = admission.pop_waiter()
             if waiter is None:
-                return
+                return taken
             call = waiter.call
             # Not can_run_now(): the waiters behind this one are no reason to queue it.
             if admission.slots < admission.max_concurrency and not admission.pending:

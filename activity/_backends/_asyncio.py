@@ -23,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from typing import TYPE_CHECKING, Any
+import types
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from .._call import BLOCKING, CANCELLED, COROUTINE, FAILED, RUNNING
 from .._workers import WorkItem, borrow_workers, stop_iteration_error
 from ._common import (
+    CHECKED_RESULTS,
     cancelled_outcome,
     drive_in_context,
     host_of,
@@ -39,10 +41,10 @@ from ._common import (
     reentry_host,
     run_here,
 )
-from ._runner import Runner, drive
+from ._runner import Runner
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Generator
 
     from .._apartment import Apartment
     from .._call import BaseCall, Event
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
     from ._common import DispatchHost, Outcome, ReentryHost
 
 __all__ = ["AsyncioDispatcher"]
+
+#: A coroutine's type: one identity test, since it cannot be subclassed.
+_CoroutineType: Final[type[Any]] = types.CoroutineType
 
 
 def _signal_from_thread(
@@ -88,7 +93,6 @@ class AsyncioDispatcher:
 
     __slots__ = (
         "_apartment",
-        "_free_runner",
         "_loop",
         "_runner_context",
         "_system_tasks",
@@ -106,9 +110,6 @@ class AsyncioDispatcher:
         self._thread_limit = activity.config.thread_limit
         self._workers: Workers | None = None
         self._system_tasks: set[asyncio.Task[None]] = set()
-        #: The runner whose call is being settled: the call that takes the place it
-        #: frees starts on it (see _runner).
-        self._free_runner: Runner | None = None
         #: The runners' own context: each call runs in its own, inside it.
         self._runner_context = contextvars.Context()
 
@@ -171,54 +172,95 @@ class AsyncioDispatcher:
                 if not is_coroutine(coro):
                     loop.call_soon(activity.finish, call, *outcome_of_result(call, coro))
                     return
-            runner = self._free_runner
-            if runner is not None and runner.next_call is None:
-                # The place this call takes was freed by the runner's own call: it
-                # runs this one next, in the same task.
-                runner.next_call = call
-                runner.next_coro = coro
-                call.future = runner
-            else:
-                runner = Runner()
-                call.future = runner
-                runner.task = loop.create_task(
-                    self._run_calls(runner, call, coro), context=self._runner_context
-                )
+            runner = Runner()
+            call.future = runner
+            runner.task = loop.create_task(
+                self._runner(runner, call, coro), context=self._runner_context
+            )
         else:
             self._start_task(call, self._run_wrapped(call), context)
         extras = call.extras
         if extras is not None and extras.timeout is not None:
             extras.timer = loop.call_later(extras.timeout, self._on_timeout, call)
 
-    async def _run_calls(
+    async def _runner(
         self, runner: Runner, call: BaseCall[Any], coro: Coroutine[Any, Any, Any]
     ) -> None:
-        """A runner: run ``call``, settle it, and run each call handed over meanwhile."""
+        """A runner task's coroutine (a task needs one; the work is in ``_run_calls``)."""
+        await self._run_calls(runner, call, coro)
+
+    @types.coroutine
+    def _run_calls(
+        self, runner: Runner, call: BaseCall[Any], coro: Coroutine[Any, Any, Any]
+    ) -> Generator[Any, Any, None]:
+        """Run ``call``, settle it, and run each call that takes the place it frees.
+
+        Each call's coroutine is driven step by step inside the call's own context,
+        as a task drives its coroutine: what the body yields goes up to the loop
+        unchanged, and what the loop sends or throws comes back down. A
+        cancellation asked through :meth:`Runner.cancel` while the body was not
+        waiting is thrown in instead of the next value.
+        """
         host = self.host
+        complete = host.complete
+        finish = host.finish
         task = runner.task
+        assert task is not None
         while True:
             context = call.context
             assert context is not None
+            run = context.run
+            send = coro.send
+            value: Any = None
+            error: BaseException | None = None
+            if runner.cancel_pending:  # cancelled before its first step
+                runner.cancel_pending = False
+                error = asyncio.CancelledError()
             stopped: BaseException | None = None
-            outcome: Outcome
-            try:
-                result = await drive(runner, coro, context)
-            except asyncio.CancelledError as exc:
-                assert task is not None
-                if task.cancelling() > runner.requested:
-                    # The runner task itself was cancelled, not for the call (the loop
-                    # is ending, or the body cancelled its task): the call ends, and so
-                    # does the runner.
-                    stopped = exc
-                    outcome = CANCELLED, None, None
-                else:
-                    outcome = cancelled_outcome(call)
-            except BaseException as exc:
-                outcome = FAILED, None, exc
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    stopped = exc
-            else:
-                outcome = outcome_of_result(call, result)
+            outcome: Outcome | None = None
+            while True:
+                try:
+                    yielded = run(send, value) if error is None else run(coro.throw, error)
+                except StopIteration as stop:
+                    value = stop.value
+                    if type(value) in CHECKED_RESULTS:
+                        outcome = outcome_of_result(call, value)
+                    break
+                except asyncio.CancelledError as exc:
+                    if task.cancelling() > runner.requested:
+                        # The runner task itself was cancelled, not for the call (the
+                        # loop is ending, or the body cancelled its task): the call
+                        # ends, and so does the runner.
+                        stopped = exc
+                        outcome = CANCELLED, None, None
+                    else:
+                        outcome = cancelled_outcome(call)
+                    break
+                except BaseException as exc:
+                    outcome = FAILED, None, exc
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        stopped = exc
+                    break
+                value = error = None
+                if runner.cancel_pending and yielded is not None:
+                    # Asked while the body ran: the future it now waits on is cancelled
+                    # as the step ends, as for a task whose cancel() came during its step.
+                    runner.cancel_pending = False
+                    task.cancel()
+                    runner.requested += 1
+                runner.waiting_on = yielded
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    run(coro.close)
+                    raise
+                except BaseException as exc:
+                    error = exc
+                runner.waiting_on = None
+                if runner.cancel_pending:
+                    runner.cancel_pending = False
+                    if error is None:
+                        error = asyncio.CancelledError()
             if runner.requested:
                 runner.undo_requests()
             runner.cancel_pending = False
@@ -227,19 +269,43 @@ class AsyncioDispatcher:
                 extras.timer.cancel()
                 extras.timer = None
             call.future = None
-            # Settled in the call's context, where a task's done callback would run.
-            self._free_runner = None if stopped is not None else runner
-            try:
-                context.run(host.finish, call, *outcome)
-            finally:
-                self._free_runner = None
+            if outcome is None:
+                following = complete(call, value)
+            else:
+                # Settled in the call's context, where a task's done callback would run.
+                following = run(finish, call, *outcome, stopped is None)
             if stopped is not None:
                 raise stopped
-            next_call, next_coro = runner.next_call, runner.next_coro
-            if next_call is None or next_coro is None:
+            while following is not None:
+                # The call that took the place: its body runs here, unless it is a
+                # blocking one or enters a domain (start() runs those).
+                call = following
+                following = None
+                kind = call.kind
+                if kind is BLOCKING or host.domain is not None:
+                    self.start(call)
+                    return
+                if kind is COROUTINE:
+                    coro = call.fn
+                    break
+                context = call.context
+                assert context is not None
+                try:
+                    coro = context.run(call.fn, *call.args)
+                except BaseException as exc:
+                    if isinstance(exc, StopIteration):
+                        exc = stop_iteration_error(exc)
+                    following = context.run(finish, call, FAILED, None, exc, True)
+                    continue
+                if type(coro) is _CoroutineType:
+                    break
+                following = context.run(finish, call, *outcome_of_result(call, coro), True)
+            else:
                 return
-            runner.next_call = runner.next_coro = None
-            call, coro = next_call, next_coro
+            call.future = runner
+            extras = call.extras
+            if extras is not None and extras.timeout is not None:
+                extras.timer = self._loop.call_later(extras.timeout, self._on_timeout, call)
 
     def _start_task(
         self, call: BaseCall[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context

@@ -33,23 +33,20 @@ cancelling the current task.
 
 from __future__ import annotations
 
-import asyncio
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import contextvars
-    from collections.abc import Coroutine, Generator
+    import asyncio
 
     from .._call import BaseCall
 
-__all__ = ["Runner", "drive"]
+__all__ = ["Runner"]
 
 
 class Runner:
     """One runner task, and how to cancel the call it drives now."""
 
-    __slots__ = ("cancel_pending", "next_call", "next_coro", "requested", "task", "waiting_on")
+    __slots__ = ("cancel_pending", "next_call", "requested", "task", "waiting_on")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -60,10 +57,8 @@ class Runner:
         self.cancel_pending = False
         #: The ``Task.cancel()`` requests made for the current call, undone when it ends.
         self.requested = 0
-        #: The call that settling the current one handed to this runner.
+        #: On trio: the call that took the place the current one freed, run next.
         self.next_call: BaseCall[Any] | None = None
-        #: Its coroutine, made when it was started.
-        self.next_coro: Coroutine[Any, Any, Any] | None = None
 
     def cancel(self) -> bool:
         """Cancel the current call's body, as ``Task.cancel()`` cancels a task's.
@@ -88,50 +83,3 @@ class Runner:
             for _ in range(self.requested):
                 task.uncancel()
         self.requested = 0
-
-
-@types.coroutine
-def drive(
-    runner: Runner, coro: Coroutine[Any, Any, Any], context: contextvars.Context
-) -> Generator[Any, Any, Any]:
-    """Run ``coro`` to completion in the runner's task, inside ``context``.
-
-    What the body yields goes up to the loop unchanged and what the loop sends
-    or throws comes back down, as a task does; a cancellation asked through
-    :meth:`Runner.cancel` while the body was not waiting is thrown in instead
-    of the next value.
-    """
-    send = coro.send
-    throw = coro.throw
-    run = context.run
-    value: Any = None
-    error: BaseException | None = None
-    if runner.cancel_pending:  # cancelled before its first step
-        runner.cancel_pending = False
-        error = asyncio.CancelledError()
-    while True:
-        try:
-            yielded = run(send, value) if error is None else run(throw, error)
-        except StopIteration as stop:
-            return stop.value
-        value = error = None
-        if runner.cancel_pending and yielded is not None and runner.task is not None:
-            # Asked while the body ran: the future it now waits on is cancelled as
-            # the step ends, as for a task whose cancel() came during its step.
-            runner.cancel_pending = False
-            runner.task.cancel()
-            runner.requested += 1
-        runner.waiting_on = yielded
-        try:
-            value = yield yielded
-        except GeneratorExit:
-            run(coro.close)
-            raise
-        except BaseException as exc:
-            error = exc
-        finally:
-            runner.waiting_on = None
-        if runner.cancel_pending:
-            runner.cancel_pending = False
-            if error is None:
-                error = asyncio.CancelledError()

@@ -103,7 +103,6 @@ class TrioDispatcher:
         "_apartment",
         "_current_time",
         "_detached",
-        "_free_runner",
         "_limiter",
         "_nursery",
         "_nursery_manager",
@@ -131,9 +130,6 @@ class TrioDispatcher:
         self._trio_token = trio.lowlevel.current_trio_token()
         self._task_name = f"activity {activity.name!r} call"
         self._start_soon: Callable[..., None] | None = None
-        #: The runner whose call is being settled: the call that takes the place it
-        #: frees runs on it next (see _backends._runner).
-        self._free_runner: Runner | None = None
         #: For a detached nursery (Activity.open()): (close it now, it has closed).
         self._detached: tuple[trio.Event, trio.Event] | None = None
 
@@ -186,19 +182,6 @@ class TrioDispatcher:
         # domain's line now, so the domain stays FIFO in submission order.
         domain = self.host.domain
         ticket = None if domain is None else domain.reserve(call.causality)
-        runner = self._free_runner
-        if (
-            runner is not None
-            and ticket is None
-            and call.kind is not BLOCKING
-            and runner.next_call is None
-        ):
-            # The place this call takes was freed by the runner's own call: it
-            # runs this one next, in the same task (see _backends._runner). Not a
-            # blocking one: its thread may outlive a cancellation inside the call's
-            # own context, which the runner then enters to settle it.
-            runner.next_call = call
-            return
         # The new task runs in a copy of the context current at start_soon.
         start_soon = self._start_soon
         assert start_soon is not None, "the dispatcher is not open"
@@ -213,25 +196,21 @@ class TrioDispatcher:
         """
         runner = Runner()
         outcome = await self._run(call, ticket, False, runner)
-        host = self.host
         while True:
             if outcome[0] is CANCELLED and outcome[2] is not None:
                 raise outcome[2]  # the host's cancellation: the runner ends with its call
-            next_call = runner.next_call
-            if next_call is None:
+            following = runner.next_call
+            if following is None:
                 return
             runner.next_call = None
-            call = next_call
-            del next_call
-            outcome = await self._run(call, None, True)
-            context = call.context
-            assert context is not None
-            host_cancelled = outcome[0] is CANCELLED and outcome[2] is not None
-            self._free_runner = None if host_cancelled else runner
-            try:
-                context.run(host.finish, call, *outcome)
-            finally:
-                self._free_runner = None
+            call = following
+            if call.kind is BLOCKING or self.host.domain is not None:
+                # A blocking call's thread may outlive a cancellation inside the
+                # call's own context, which a runner would then enter to settle it;
+                # a call that enters a domain takes its place in the domain's line.
+                self.start(call)
+                return
+            outcome = await self._run(call, None, True, runner)
 
     async def _blocking(self, call: BaseCall[Any], run: Callable[..., Any]) -> Any:
         if self.host.bound_to_loop:
@@ -372,15 +351,16 @@ class TrioDispatcher:
                 outcome = COMPLETED, result, None
         finally:
             call.future = None
-        if not inline:
+        if runner is not None:
             # A call that ends otherwise than by the host's cancellation frees its
-            # place for the next one, which the runner then runs.
+            # place: the call that takes it runs next on this runner.
             host_cancelled = outcome[0] is CANCELLED and outcome[2] is not None
-            self._free_runner = None if host_cancelled else runner
-            try:
-                activity.finish(call, *outcome)
-            finally:
-                self._free_runner = None
+            context = call.context
+            assert context is not None
+            status, value, failure = outcome
+            runner.next_call = context.run(
+                activity.finish, call, status, value, failure, not host_cancelled
+            )
         return outcome
 
     def cancel_running(self, call: BaseCall[Any]) -> None:
