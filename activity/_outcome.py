@@ -37,7 +37,7 @@ from ._context import frame_var
 from ._core import MAX_KEPT_FAILURES, OPEN, CoreState, State
 from ._errors import ActivityClosedError, ActivityError, CallCancelledError
 from ._submit import Submitting
-from ._tracking import BUCKETS, EventKind
+from ._tracking import LONG, LONG_BUCKETS, SHORT, SHORT_BUCKETS, EventKind, bucket_of
 from ._validate import refuse_coroutine
 
 if TYPE_CHECKING:
@@ -79,14 +79,14 @@ class Settling(Submitting):
             end = perf_counter_ns()
             ran = end - since
             runs = self.runs
-            if ran < 1024:
-                runs.counts[0] += 1
+            if ran < SHORT:
+                runs.counts[SHORT_BUCKETS[ran >> 8]] += 1
+            elif ran < LONG:
+                runs.counts[LONG_BUCKETS[ran >> 16]] += 1
             else:
-                bits = ran.bit_length()
-                index = ((bits - 11) << 2) + ((ran >> (bits - 3)) & 3) + 1
-                runs.counts[index if index < BUCKETS else BUCKETS - 1] += 1
-                if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
-                    runs.max = ran
+                runs.counts[bucket_of(ran)] += 1
+            if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
+                runs.max = ran
         if status is COMPLETED:
             call.value = result
         elif status is FAILED:
@@ -146,14 +146,14 @@ class Settling(Submitting):
         end = perf_counter_ns()
         ran = end - call.stamp
         runs = self.runs
-        if ran < 1024:  # _tracking.bucket_of(), inlined, as in finish()
-            runs.counts[0] += 1
+        if ran < SHORT:  # Histogram.add(), inlined, as in finish()
+            runs.counts[SHORT_BUCKETS[ran >> 8]] += 1
+        elif ran < LONG:
+            runs.counts[LONG_BUCKETS[ran >> 16]] += 1
         else:
-            bits = ran.bit_length()
-            index = ((bits - 11) << 2) + ((ran >> (bits - 3)) & 3) + 1
-            runs.counts[index if index < BUCKETS else BUCKETS - 1] += 1
-            if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
-                runs.max = ran
+            runs.counts[bucket_of(ran)] += 1
+        if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
+            runs.max = ran
         taken = None
         if call.holds_slot:
             call.holds_slot = False
@@ -161,7 +161,7 @@ class Settling(Submitting):
             admission.slots -= 1
             if admission.queue or admission.waiters:
                 taken = self.pump(end, True)
-        if self.idle_event is not None:
+        if taken is None and self.idle_event is not None:
             self.signal_if_idle()
         return taken
 

@@ -23,7 +23,7 @@ from ._config import Overflow
 from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
 from ._errors import ActivityClosedError, AsyncWorkRejectedError
-from ._tracking import BUCKETS, EventKind
+from ._tracking import LONG, LONG_BUCKETS, SHORT, SHORT_BUCKETS, EventKind, bucket_of
 from ._validate import (
     CO_COROUTINE,
     CO_GENERATORS,
@@ -108,7 +108,12 @@ class Submitting(CoreState):
             self.launch(call)
             return True
         if admission.pending < admission.max_pending:
-            admission.accept_pending(call)
+            # accept_pending(), inlined: the call is this activity's own.
+            counters = self.counters
+            counters.accepted += 1
+            counters.pending += 1
+            admission.pending += 1
+            admission.queue.append(call)
             return True
         return False
 
@@ -280,14 +285,14 @@ class Submitting(CoreState):
                 waited = now - call.stamp
                 call.stamp = now
                 waits = host.waits
-                if waited < 1024:  # _tracking.bucket_of(), inlined, its constants too
-                    waits.counts[0] += 1
+                if waited < SHORT:  # Histogram.add(), inlined
+                    waits.counts[SHORT_BUCKETS[waited >> 8]] += 1
+                elif waited < LONG:
+                    waits.counts[LONG_BUCKETS[waited >> 16]] += 1
                 else:
-                    bits = waited.bit_length()
-                    index = ((bits - 11) << 2) + ((waited >> (bits - 3)) & 3) + 1
-                    waits.counts[index if index < BUCKETS else BUCKETS - 1] += 1
-                    if waited > waits.max:  # noqa: PLR1730  # max() is a call
-                        waits.max = waited
+                    waits.counts[bucket_of(waited)] += 1
+                if waited > waits.max:  # noqa: PLR1730  # max() is a call
+                    waits.max = waited
                 if _tracking.hook is not None:
                     _tracking.hook.started(host, call, waited)
                 if take and taken is None and host is self:
@@ -299,6 +304,8 @@ class Submitting(CoreState):
                 else:
                     host.launch(call)
                 continue
+            if not admission.waiters:
+                return taken
             waiter = admission.pop_waiter()
             if waiter is None:
                 return taken

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKETS",
+    "LONG",
+    "LONG_BUCKETS",
+    "SHORT",
+    "SHORT_BUCKETS",
     "ActivityStatistics",
     "CallHook",
     "EventKind",
@@ -65,6 +69,32 @@ def upper_bound(index: int) -> int:
     return (5 + ((index - 1) & 3)) << (bits - 3)
 
 
+def _buckets_by_step(shift: int) -> bytes:
+    """``bucket_of(i << shift)`` for every ``i`` below ``1 << 16``, one byte each."""
+    parts: list[bytes] = []
+    start = index = 0
+    while start < 1 << 16:
+        # The steps whose start falls in bucket ``index``: up to its bound, rounded up.
+        end = min((upper_bound(index) + (1 << shift) - 1) >> shift, 1 << 16)
+        parts.append(bytes((index,)) * (end - start))
+        start = end
+        index += 1
+    return b"".join(parts)
+
+
+#: Durations below this many nanoseconds (about 16.8 ms) take their bucket from
+#: SHORT_BUCKETS, by ``nanoseconds >> 8``: below it every bucket bound is a
+#: multiple of 256 ns, so one lookup replaces ``bit_length()`` and the shifts
+#: on the hot paths.
+SHORT: Final = 1 << 24
+SHORT_BUCKETS: Final = _buckets_by_step(8)
+#: Durations from SHORT up to this many (about 4.3 s) take theirs from
+#: LONG_BUCKETS, by ``nanoseconds >> 16`` (every bound there is a multiple of
+#: 2 ** 21 ns); longer ones from bucket_of().
+LONG: Final = 1 << 32
+LONG_BUCKETS: Final = _buckets_by_step(16)
+
+
 class Histogram:
     """Counts of durations in fixed log-spaced buckets, and the longest one seen.
 
@@ -82,8 +112,13 @@ class Histogram:
         self.max = 0
 
     def add(self, nanoseconds: int) -> None:
-        """Count one duration."""
-        self.counts[bucket_of(nanoseconds)] += 1
+        """Count one duration (the core inlines this on its hot paths)."""
+        if nanoseconds < SHORT:
+            self.counts[SHORT_BUCKETS[nanoseconds >> 8]] += 1
+        elif nanoseconds < LONG:
+            self.counts[LONG_BUCKETS[nanoseconds >> 16]] += 1
+        else:
+            self.counts[bucket_of(nanoseconds)] += 1
         if nanoseconds > self.max:  # noqa: PLR1730  # max() is a call
             self.max = nanoseconds
 

@@ -10,7 +10,16 @@ import anyio
 import pytest
 
 from activity import Activity, AsyncWorkRejectedError, ThreadPool
-from activity._tracking import BUCKETS, Histogram, bucket_of, upper_bound
+from activity._tracking import (
+    BUCKETS,
+    LONG,
+    LONG_BUCKETS,
+    SHORT,
+    SHORT_BUCKETS,
+    Histogram,
+    bucket_of,
+    upper_bound,
+)
 from activity.pytest_plugin import assert_balanced
 from activity.tracking import LatencyStatistics
 
@@ -180,6 +189,22 @@ class TestHistogram:
             index = bucket_of(nanoseconds)
             below = 0 if index == 0 else upper_bound(index - 1)
             assert below <= nanoseconds < upper_bound(index)
+
+    def test_the_short_table_agrees_with_bucket_of_at_every_step_and_boundary(self) -> None:
+        assert len(SHORT_BUCKETS) == SHORT >> 8
+        for step in range(SHORT >> 8):
+            nanoseconds = step << 8
+            assert SHORT_BUCKETS[step] == bucket_of(nanoseconds)
+            assert SHORT_BUCKETS[step] == bucket_of(nanoseconds + 255)
+        for step in range(SHORT >> 16, LONG >> 16):
+            nanoseconds = step << 16
+            assert LONG_BUCKETS[step] == bucket_of(nanoseconds)
+            assert LONG_BUCKETS[step] == bucket_of(nanoseconds + (1 << 16) - 1)
+        for nanoseconds in (SHORT - 1, SHORT, SHORT + 1, LONG - 1, LONG, LONG + 1):
+            histogram = Histogram()
+            histogram.add(nanoseconds)
+            assert histogram.counts[bucket_of(nanoseconds)] == 1
+            assert histogram.max == nanoseconds
 
     def test_the_buckets_are_fixed_and_the_last_takes_anything_longer(self) -> None:
         assert bucket_of(1 << 62) == BUCKETS - 1

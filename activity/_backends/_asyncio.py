@@ -45,6 +45,7 @@ from ._runner import Runner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Generator
+    from contextvars import Context
 
     from .._apartment import Apartment
     from .._call import BaseCall, Event
@@ -204,12 +205,9 @@ class AsyncioDispatcher:
         host = self.host
         complete = host.complete
         finish = host.finish
-        task = runner.task
-        assert task is not None
+        task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         while True:
-            context = call.context
-            assert context is not None
-            run = context.run
+            run = call.context.run  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
             send = coro.send
             value: Any = None
             error: BaseException | None = None
@@ -288,8 +286,7 @@ class AsyncioDispatcher:
                 if kind is COROUTINE:
                     coro = call.fn
                     break
-                context = call.context
-                assert context is not None
+                context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                 try:
                     coro = context.run(call.fn, *call.args)
                 except BaseException as exc:
