@@ -58,6 +58,8 @@ BLOCKING: Final = Kind.BLOCKING
 
 
 _ids = itertools.count(1)
+#: ``object.__new__``, looked up once: on the type it is a lookup per call.
+_new_object: Final = object.__new__
 
 
 class Counters:
@@ -220,7 +222,7 @@ class BaseCall(Generic[T_co]):
 
         The submission's hot path; :meth:`create` makes every other kind.
         """
-        self = object.__new__(cls)
+        self = _new_object(cls)
         self.host = activity
         self.origin = origin
         self.causality = self

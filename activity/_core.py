@@ -105,6 +105,7 @@ class CoreState(abc.ABC):
         "locals",
         "loop",
         "name",
+        "new_submitted",
         "origin",
         "overflow",
         "parent",
@@ -129,6 +130,8 @@ class CoreState(abc.ABC):
         self.activity: Any = activity
         #: The class of the calls it makes: the public ``Call``.
         self.call_class = call_class
+        #: ``call_class.submitted``, bound once (see _submit.make_call).
+        self.new_submitted = call_class.submitted
         self.ident = next(_ids)
         self.name = config.name or f"activity-{self.ident}"
         self.host = self  # the frame protocol: an activity's block belongs to it

@@ -80,7 +80,7 @@ class Submitting(CoreState):
             flags = fn.__code__.co_flags
             if flags & CO_COROUTINE or not flags & CO_GENERATORS:
                 frame = frame_var.get()
-                return self.call_class.submitted(
+                return self.new_submitted(
                     self,
                     COROUTINE_FUNCTION if flags & CO_COROUTINE else BLOCKING,
                     fn,
