@@ -354,13 +354,16 @@ class TrioDispatcher:
         if runner is not None:
             # A call that ends otherwise than by the host's cancellation frees its
             # place: the call that takes it runs next on this runner.
-            host_cancelled = outcome[0] is CANCELLED and outcome[2] is not None
-            context = call.context
-            assert context is not None
             status, value, failure = outcome
-            runner.next_call = context.run(
-                activity.finish, call, status, value, failure, not host_cancelled
-            )
+            if status is COMPLETED:
+                runner.next_call = activity.complete(call, value)
+            else:
+                context = call.context
+                assert context is not None
+                host_cancelled = status is CANCELLED and failure is not None
+                runner.next_call = context.run(
+                    activity.finish, call, status, value, failure, not host_cancelled
+                )
         return outcome
 
     def cancel_running(self, call: BaseCall[Any]) -> None:
