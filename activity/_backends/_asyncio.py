@@ -1,9 +1,10 @@
 """The asyncio backend: native tasks and a share of the worker pool.
 
 ``AsyncioDispatcher`` (asyncio and uvloop) is the hot path. A coroutine call
-is one native task created with the call's context, finished by a done
-callback: there is no wrapper coroutine and no anyio task group, whose
-per-task cancel scope costs several times a native task. A blocking call is
+runs on a runner task (see ``_runner``), which drives it in the call's own
+context and runs the call that takes its place next: there is no anyio task
+group, whose per-task cancel scope costs several times a native task, and no
+task per call under load. A blocking call is
 one work item on the process-wide pool of worker threads (never asyncio's
 default executor), taken under the activity's own share of it,
 :class:`Workers`, which lets at most the activity's ``thread_limit`` of its

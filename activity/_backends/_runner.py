@@ -1,16 +1,23 @@
-"""Runner tasks: asyncio tasks that run an activity's coroutine calls one after another.
+"""Runner tasks: tasks that run an activity's coroutine calls one after another.
 
 A task per call costs its creation, a done callback and a hop through the
 loop per call; under load most calls wait in the activity's queue for a
-place anyway. So on asyncio a coroutine call that starts runs in a *runner*:
-a task that runs the call, settles it, and, when settling it freed a place
-that the next queued call takes, runs that call too, without a new task.
-A runner whose call freed no place for another ends with its call.
+place anyway. So a coroutine call that starts runs in a *runner*: a task
+that runs the call, settles it, and runs the call that takes the place it
+freed, without a new task. Settling is what hands the next call over: the
+core's ``finish(..., take=True)`` (or ``complete()``, its path for a call
+that simply completed) starts the queued calls as usual, except that the
+first one of the same activity is returned to the runner, already counted
+as running, instead of being started elsewhere. A runner whose call freed
+no place for another ends with its call. (On trio the runner is a task of
+the activity's nursery, and each call after the first runs in a cancel
+scope of its own.)
 
 Each call still runs in its own copy of the context: the runner drives the
 call's coroutine step by step inside it (as ``drive_in_context`` does), so
 the body sees its own context, ``ActivityLocal`` values and frame, never the
-runner's or another call's.
+runner's or another call's. On asyncio the runner's own generator does the
+driving, so a call costs no frame of its own beyond its body's.
 
 Each call is still cancelled on its own. A call that waits on a future is
 cancelled with ``Task.cancel()`` on the runner, as a task of its own would be:
