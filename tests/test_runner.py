@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from activity import (
     CallCancelledError,
     CallStatus,
     CallTimeoutError,
+    HResult,
     Overflow,
 )
 from activity.pytest_plugin import assert_balanced
@@ -181,6 +183,53 @@ class TestBackToBack:
             assert sorted(ran) == list(range(200))
             assert act.statistics().completed == 200
             assert_balanced(act.statistics())
+
+    async def test_the_freed_place_goes_to_any_kind_of_call_in_order(self) -> None:
+        # The call that takes a runner's place may be a coroutine function, a
+        # coroutine object, a coroutine function that fails before its first
+        # step, a blocking callable (run elsewhere), a callable object, or a
+        # failing HResult.
+        order: list[str] = []
+
+        async def coroutine(tag: str) -> str:
+            order.append(tag)
+            await anyio.lowlevel.checkpoint()
+            return tag
+
+        def blocking(tag: str) -> str:
+            order.append(tag)
+            return tag
+
+        class Callable:
+            async def __call__(self, tag: str) -> str:
+                order.append(tag)
+                return tag
+
+        async def fails_by_hresult(tag: str) -> HResult:
+            order.append(tag)
+            await anyio.lowlevel.checkpoint()
+            return HResult.E_FAIL
+
+        too_many: Any = functools.partial(coroutine, "d")  # called with one more: TypeError
+        async with Activity(max_concurrency=1, max_pending=100) as act:
+            calls = [
+                await act.asynchronous_call(coroutine, "a"),
+                await act.asynchronous_call(coroutine("b")),
+                await act.asynchronous_call(too_many, "extra"),
+                await act.asynchronous_call(blocking, "c"),
+                await act.asynchronous_call(Callable(), "e"),
+                await act.asynchronous_call(fails_by_hresult, "f"),
+                await act.asynchronous_call(coroutine, "g"),
+            ]
+            await settle(calls)
+            assert order == ["a", "b", "c", "e", "f", "g"]
+            assert [calls[i].result() for i in (0, 1, 3, 4, 6)] == ["a", "b", "c", "e", "g"]
+            assert isinstance(calls[2].exception(), TypeError)
+            assert calls[5].hresult == HResult.E_FAIL
+            assert calls[5].exception() is not None  # observed: not raised at the exit
+            stats = act.statistics()
+            assert (stats.completed, stats.failed) == (5, 2)
+            assert_balanced(stats)
 
 
 @pytest.mark.parametrize(
