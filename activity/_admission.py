@@ -15,7 +15,7 @@ Two records take part in every admission decision:
 
 Everything here is O(1) per call: a pending call is one entry in a deque (no
 task, no future), and a call cancelled while pending stays in the deque as a
-tombstone that ``pop_ready`` skips, instead of being searched for.
+tombstone that the pump (``_submit``) skips, instead of being searched for.
 """
 
 from __future__ import annotations
@@ -97,24 +97,6 @@ class Admission:
         counters.pending += 1
         self.pending += 1
         self.queue.append(call)
-
-    def pop_ready(self) -> BaseCall[Any] | None:
-        """Take the oldest pending call if a slot is free, counting it as running."""
-        if self.slots >= self.max_concurrency:
-            return None
-        queue = self.queue
-        while queue:
-            call = queue.popleft()
-            if call.state is PENDING:
-                counters = call.host.counters
-                counters.pending -= 1
-                counters.running += 1
-                self.pending -= 1
-                self.slots += 1
-                call.holds_slot = True
-                call.state = RUNNING
-                return call
-        return None
 
     def pop_waiter(self) -> Waiter | None:
         """Take the oldest waiter if the queue (or a slot) has room for it."""

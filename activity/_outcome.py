@@ -75,18 +75,9 @@ class Settling(Submitting):
         ran = -1
         end = 0
         if since and started is RUNNING:
-            # The run's histogram: _tracking.bucket_of() inlined, its constants too.
             end = perf_counter_ns()
             ran = end - since
-            runs = self.runs
-            if ran < SHORT:
-                runs.counts[SHORT_BUCKETS[ran >> 8]] += 1
-            elif ran < LONG:
-                runs.counts[LONG_BUCKETS[ran >> 16]] += 1
-            else:
-                runs.counts[bucket_of(ran)] += 1
-            if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
-                runs.max = ran
+            self.runs.add(ran)
         if status is COMPLETED:
             call.value = result
         elif status is FAILED:
@@ -146,7 +137,7 @@ class Settling(Submitting):
         end = perf_counter_ns()
         ran = end - call.stamp
         runs = self.runs
-        if ran < SHORT:  # Histogram.add(), inlined, as in finish()
+        if ran < SHORT:  # Histogram.add(), inlined: the hot path
             runs.counts[SHORT_BUCKETS[ran >> 8]] += 1
         elif ran < LONG:
             runs.counts[LONG_BUCKETS[ran >> 16]] += 1

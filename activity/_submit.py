@@ -268,7 +268,8 @@ class Submitting(CoreState):
         queue = admission.queue
         while True:
             if queue and admission.slots < admission.max_concurrency:
-                # pop_ready() and started_queued(), inlined: the queue's hot path.
+                # The oldest live call takes the place (started_queued(), inlined: the
+                # queue's hot path).
                 call = queue.popleft()
                 if call.state is not PENDING:
                     continue  # cancelled while it waited: a tombstone
