@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._call import COMPLETED, FAILED, PENDING, RUNNING, BaseCall, CallStatus
+from ._call import COMPLETED, FAILED, HOLDS_SLOT, PENDING, RUNNING, BaseCall, CallStatus
 from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Admission:
         call.state = RUNNING
         if hold_slot:
             self.slots += 1
-            call.holds_slot = True
+            call.flags |= HOLDS_SLOT
 
     def accept_pending(self, call: BaseCall[Any]) -> None:
         """Count ``call`` as accepted and put it at the end of the queue."""
@@ -114,8 +114,9 @@ class Admission:
         freed = False
         if call.state is RUNNING:
             counters.running -= 1
-            if call.holds_slot:
-                call.holds_slot = False
+            flags = call.flags
+            if flags & HOLDS_SLOT:
+                call.flags = flags ^ HOLDS_SLOT
                 self.slots -= 1
                 freed = True
         else:

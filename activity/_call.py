@@ -134,10 +134,21 @@ class CallExtras:
 
     A name or a timeout given at submission, an ``on_error`` target, the timer
     of the timeout, the event that waiters wait on, done callbacks, the reason
-    of a cancellation.
+    of a cancellation, the activity a nested call came from (its origin), and
+    the call's number once someone asks for it.
     """
 
-    __slots__ = ("callbacks", "cancel_reason", "error_target", "event", "name", "timeout", "timer")
+    __slots__ = (
+        "callbacks",
+        "cancel_reason",
+        "error_target",
+        "event",
+        "ident",
+        "name",
+        "origin",
+        "timeout",
+        "timer",
+    )
 
     def __init__(self, error_target: Any, name: str | None, timeout: float | None) -> None:
         self.error_target: Any = error_target
@@ -147,6 +158,21 @@ class CallExtras:
         self.event: Event | None = None
         self.callbacks: list[Callable[[Any], object]] | None = None
         self.cancel_reason: str | None = None
+        self.origin: Any = None
+        self.ident: int = 0
+
+
+# The bits of BaseCall.flags: what five booleans would say, in one field.
+#: A ``synchronous_call``: its caller waits for it and is told of its failure.
+SYNCHRONOUS: Final = 1
+#: Its failure was read (awaited, ``result()``, ``exception()``): not raised at exit.
+OBSERVED: Final = 2
+#: It holds one of the activity's ``max_concurrency`` places.
+HOLDS_SLOT: Final = 4
+#: Its cancellation was asked for (``cancel()``, the activity's cancel, shutdown).
+CANCEL_REQUESTED: Final = 8
+#: Its timeout ran out while it ran.
+TIMED_OUT: Final = 16
 
 
 class BaseCall(Generic[T_co]):
@@ -155,28 +181,27 @@ class BaseCall(Generic[T_co]):
     The public :class:`activity.Call` (``activity._activity``) is this plus its
     ``activity`` property, and carries the documentation; the lower modules,
     which cannot name ``Activity``, work with ``BaseCall``.
+
+    A call has twelve fields and no more: a queued call is walked by the
+    cyclic garbage collector at each full collection, and an object of more
+    than twelve fields (more than 128 bytes) costs it about half as much again.
+    Five booleans share :attr:`flags`; the result and the exception share
+    :attr:`outcome`; what few calls have is in :attr:`extras`.
     """
 
     __slots__ = (
         "args",
-        "cancel_requested",
         "causality",
         "context",
-        "error",
         "extras",
+        "flags",
         "fn",
         "future",
-        "holds_slot",
         "host",
-        "ident",
         "kind",
-        "observed",
-        "origin",
+        "outcome",
         "stamp",
         "state",
-        "synchronous",
-        "timed_out",
-        "value",
     )
 
     #: A call is a frame that a nested call of its own activity re-enters.
@@ -184,25 +209,21 @@ class BaseCall(Generic[T_co]):
 
     host: CallHost
     args: tuple[Any, ...]
-    cancel_requested: bool
     causality: object
     context: Context | None
-    error: BaseException | None
     extras: CallExtras | None
+    #: The bits ``SYNCHRONOUS``, ``OBSERVED``, ``HOLDS_SLOT``, ``CANCEL_REQUESTED``
+    #: and ``TIMED_OUT``; the properties of the same names read and write them.
+    flags: int
     fn: Any
     future: Any
-    holds_slot: bool
-    ident: int
     kind: Kind
-    observed: bool
-    origin: Any
+    #: The result once ``COMPLETED``, the exception once ``FAILED`` or ``CANCELLED``.
+    outcome: Any
     #: ``perf_counter_ns()`` when the call was accepted, then when it started;
     #: what the wait and run histograms are timed from (0 until accepted).
     stamp: int
-    value: Any
     state: CallStatus
-    synchronous: bool
-    timed_out: bool
 
     def __init__(self) -> None:
         raise TypeError("Call objects are created by Activity.asynchronous_call(), not directly")
@@ -224,24 +245,21 @@ class BaseCall(Generic[T_co]):
         """
         self = _new_object(cls)
         self.host = activity
-        self.origin = origin
         self.causality = self
         self.kind = kind
         self.fn = fn
         self.args = args
-        self.extras = None
         self.context = context
-        self.synchronous = False
-        self.ident = next(_ids)
+        self.flags = 0
         self.state = PENDING
-        self.value = None
+        self.outcome = None
         self.stamp = stamp
-        self.error = None
-        self.observed = False
         self.future = None
-        self.holds_slot = False
-        self.cancel_requested = False
-        self.timed_out = False
+        if origin is None:
+            self.extras = None
+        else:
+            extras = self.extras = CallExtras(None, None, None)
+            extras.origin = origin
         return self
 
     @classmethod
@@ -261,12 +279,87 @@ class BaseCall(Generic[T_co]):
     ) -> BaseCall[Any]:
         """Make a call of any kind: synchronous, running already, or with extras."""
         self = cls.submitted(activity, kind, fn, args, origin, None, 0)
-        self.synchronous = synchronous
+        self.flags = (SYNCHRONOUS if synchronous else 0) | (HOLDS_SLOT if holds_slot else 0)
         self.state = status
-        self.holds_slot = holds_slot
         if error_target is not None or name is not None or timeout is not None:
-            self.extras = CallExtras(error_target, name, timeout)
+            extras = self.more()
+            extras.error_target = error_target
+            extras.name = name
+            extras.timeout = timeout
         return self
+
+    # -- the fields that share flags, outcome and extras ------------------------------
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether the call is a ``synchronous_call`` (bit ``SYNCHRONOUS``)."""
+        return bool(self.flags & SYNCHRONOUS)
+
+    @property
+    def observed(self) -> bool:
+        """Whether the call's failure was read (bit ``OBSERVED``)."""
+        return bool(self.flags & OBSERVED)
+
+    @observed.setter
+    def observed(self, value: bool) -> None:
+        self.flags = self.flags | OBSERVED if value else self.flags & ~OBSERVED
+
+    @property
+    def holds_slot(self) -> bool:
+        """Whether the call holds a place of ``max_concurrency`` (bit ``HOLDS_SLOT``)."""
+        return bool(self.flags & HOLDS_SLOT)
+
+    @holds_slot.setter
+    def holds_slot(self, value: bool) -> None:
+        self.flags = self.flags | HOLDS_SLOT if value else self.flags & ~HOLDS_SLOT
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether cancelling the call was asked for (bit ``CANCEL_REQUESTED``)."""
+        return bool(self.flags & CANCEL_REQUESTED)
+
+    @cancel_requested.setter
+    def cancel_requested(self, value: bool) -> None:
+        self.flags = self.flags | CANCEL_REQUESTED if value else self.flags & ~CANCEL_REQUESTED
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the call's timeout ran out while it ran (bit ``TIMED_OUT``)."""
+        return bool(self.flags & TIMED_OUT)
+
+    @timed_out.setter
+    def timed_out(self, value: bool) -> None:
+        self.flags = self.flags | TIMED_OUT if value else self.flags & ~TIMED_OUT
+
+    @property
+    def value(self) -> Any:
+        """The result, once ``COMPLETED``; else ``None``."""
+        return self.outcome if self.state is COMPLETED else None
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception, once ``FAILED`` or ``CANCELLED``; else ``None``."""
+        return None if self.state is COMPLETED else self.outcome
+
+    @property
+    def origin(self) -> Any:
+        """The activity a nested call came from, if another than its own (see ``origin_of``)."""
+        extras = self.extras
+        return None if extras is None else extras.origin
+
+    @origin.setter
+    def origin(self, origin: Any) -> None:
+        if origin is not None or self.extras is not None:
+            self.more().origin = origin
+
+    @property
+    def ident(self) -> int:
+        """The call's number, unique within the process: given when first asked for."""
+        extras = self.more()
+        ident = extras.ident
+        if not ident:
+            ident = extras.ident = next(_ids)
+        return ident
 
     def note_cancel_reason(self, reason: str | None) -> None:
         """Keep the first reason given for cancelling the call."""
@@ -286,7 +379,12 @@ class BaseCall(Generic[T_co]):
 
     @property
     def id(self) -> int:
-        """A number unique to this call within the process."""
+        """A number unique to this call within the process.
+
+        It is given when first asked for (here, by :attr:`name`, or when the
+        call fails), so numbers follow the order in which they were asked for,
+        not the order of submission.
+        """
         return self.ident
 
     @property
@@ -316,8 +414,8 @@ class BaseCall(Generic[T_co]):
             return HResult.E_PENDING
         if status is CANCELLED:
             return HResult.E_ABORT
-        assert self.error is not None
-        return hresult_of(self.error)
+        assert self.outcome is not None
+        return hresult_of(self.outcome)
 
     def done(self) -> bool:
         """Return whether the call has finished (completed, failed or cancelled)."""
@@ -338,10 +436,10 @@ class BaseCall(Generic[T_co]):
         """
         status = self.state
         if status is COMPLETED:
-            return self.value  # type: ignore[no-any-return]
+            return self.outcome  # type: ignore[no-any-return]
         if status not in FINISHED:
             raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
-        exc = self.error
+        exc = self.outcome
         assert exc is not None
         self.mark_observed()
         raise exc
@@ -357,7 +455,7 @@ class BaseCall(Generic[T_co]):
         if status not in FINISHED:
             raise CallPendingError(f"call {self.name!r} has not finished (it is {status.value})")
         self.mark_observed()
-        return self.error
+        return None if status is COMPLETED else self.outcome
 
     async def wait(self) -> None:
         """Wait until the call has finished. Never raises the call's exception.
@@ -429,8 +527,9 @@ class BaseCall(Generic[T_co]):
 
     def mark_observed(self) -> None:
         """Record that the call's outcome was read, so its failure is not raised at exit."""
-        if not self.observed:
-            self.observed = True
+        flags = self.flags
+        if not flags & OBSERVED:
+            self.flags = flags | OBSERVED
             if self.state is not COMPLETED:
                 self.host.failure_observed(self)
 

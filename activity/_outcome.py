@@ -27,8 +27,11 @@ from ._call import (
     COMPLETED,
     COROUTINE,
     FAILED,
+    HOLDS_SLOT,
+    OBSERVED,
     PENDING,
     RUNNING,
+    SYNCHRONOUS,
     BaseCall,
     CallStatus,
     InlineCall,
@@ -79,11 +82,11 @@ class Settling(Submitting):
             ran = end - since
             self.runs.add(ran)
         if status is COMPLETED:
-            call.value = result
+            call.outcome = result
         elif status is FAILED:
-            call.error = exc
+            call.outcome = exc
         else:
-            call.error = self.cancelled_error(call)
+            call.outcome = self.cancelled_error(call)
         call.args = ()
         # Both refer back to the call (its context holds it as the frame; its own
         # chain is itself): cleared, the call is freed by reference counting alone.
@@ -129,7 +132,7 @@ class Settling(Submitting):
         counters.running -= 1
         counters.completed += 1
         call.state = COMPLETED
-        call.value = result
+        call.outcome = result
         call.args = ()
         call.context = None  # as in finish(): the call is freed by reference counting alone
         call.causality = None
@@ -146,8 +149,9 @@ class Settling(Submitting):
         if ran > runs.max:  # noqa: PLR1730  # max() is a call, on the hot path
             runs.max = ran
         taken = None
-        if call.holds_slot:
-            call.holds_slot = False
+        flags = call.flags
+        if flags & HOLDS_SLOT:
+            call.flags = flags ^ HOLDS_SLOT
             admission = self.admission
             admission.slots -= 1
             if admission.queue or admission.waiters:
@@ -158,8 +162,9 @@ class Settling(Submitting):
 
     def on_failure(self, call: BaseCall[Any], exc: BaseException) -> None:
         """Route a failure: on_error, error_handler; else keep it for the exit."""
-        if call.synchronous:
-            if not call.observed:
+        flags = call.flags
+        if flags & SYNCHRONOUS:
+            if not flags & OBSERVED:
                 self.keep_unobserved(call)
             return
         observed = False
@@ -172,7 +177,7 @@ class Settling(Submitting):
         if handler is not None:
             self.invoke_handler(handler, call, exc)
             observed = True
-        if not observed and not call.observed:
+        if not observed and not call.flags & OBSERVED:
             self.keep_unobserved(call)
         # The drain is where most failures happen: fail-fast holds there too.
         if self.fail_fast and (self.state is OPEN or self.state is State.DRAINING):

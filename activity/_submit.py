@@ -18,7 +18,16 @@ from typing import Any
 
 from . import _tracking
 from ._admission import Waiter
-from ._call import BLOCKING, COROUTINE_FUNCTION, PENDING, RUNNING, BaseCall, Kind
+from ._call import (
+    BLOCKING,
+    COROUTINE_FUNCTION,
+    HOLDS_SLOT,
+    PENDING,
+    RUNNING,
+    SYNCHRONOUS,
+    BaseCall,
+    Kind,
+)
 from ._config import Overflow
 from ._context import Frame, call_values, frame_var, visible_values
 from ._core import OPEN, CoreState
@@ -250,7 +259,7 @@ class Submitting(CoreState):
     def launch(self, call: BaseCall[Any]) -> None:
         """Hand a call that was just counted as running to the dispatcher."""
         self.running_calls.add(call)
-        if not call.synchronous:
+        if not call.flags & SYNCHRONOUS:
             call.context.run(frame_var.set, call)  # type: ignore[union-attr]
         self.dispatcher.start(call)  # type: ignore[union-attr]
 
@@ -279,7 +288,7 @@ class Submitting(CoreState):
                 counters.running += 1
                 admission.pending -= 1
                 admission.slots += 1
-                call.holds_slot = True
+                call.flags |= HOLDS_SLOT
                 call.state = RUNNING
                 if not now:
                     now = perf_counter_ns()
@@ -299,7 +308,7 @@ class Submitting(CoreState):
                 if take and taken is None and host is self:
                     # launch(), but the runner that asked starts it.
                     self.running_calls.add(call)
-                    if not call.synchronous:
+                    if not call.flags & SYNCHRONOUS:
                         call.context.run(frame_var.set, call)  # type: ignore[union-attr]
                     taken = call
                 else:

@@ -9,6 +9,7 @@ import functools
 import gc
 import inspect
 import random
+import sys
 import threading
 import weakref
 from typing import Any
@@ -546,6 +547,30 @@ class TestCalls:
             assert await (await act.asynchronous_call(echo(6))) == 6
             assert await (await act.asynchronous_call(sum, [3, 4])) == 7
             assert await (await act.asynchronous_call(AsyncWork())) == "async on_call"
+
+    async def test_call_ids_are_unique_and_kept_once_given(self) -> None:
+        async with Activity(max_concurrency=1) as act:
+            calls = [await act.asynchronous_call(echo, n) for n in range(5)]
+            ids = [call.id for call in reversed(calls)]  # asked in the other order
+            assert len(set(ids)) == 5
+            assert [call.id for call in reversed(calls)] == ids
+            assert [await call for call in calls] == list(range(5))
+            assert [call.id for call in reversed(calls)] == ids  # finished, the same
+            assert all(call.name.endswith(f"#{call.id}") for call in calls)
+
+    async def test_a_queued_call_stays_within_two_cache_lines(self) -> None:
+        # The garbage collector walks every queued call at each full collection,
+        # and one of more than 128 bytes (twelve fields) costs it about half as
+        # much again: a new field belongs in the call's flags or extras.
+        gate = Gate()
+        async with Activity(max_concurrency=1) as act:
+            first = await act.asynchronous_call(gate.wait)
+            queued = await act.asynchronous_call(echo, 1)
+            assert queued.status is CallStatus.PENDING
+            assert sys.getsizeof(queued) <= 128
+            gate.open()
+            assert await queued == 1
+            await first
 
     @pytest.mark.parametrize(
         ("fn", "args", "field"),

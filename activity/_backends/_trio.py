@@ -22,7 +22,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._call import BLOCKING, CANCELLED, COMPLETED, COROUTINE, FAILED
+from .._call import BLOCKING, CANCEL_REQUESTED, CANCELLED, COMPLETED, COROUTINE, FAILED
 from .._workers import worker_threads
 from ._common import (
     CHECKED_RESULTS,
@@ -280,7 +280,7 @@ class TrioDispatcher:
         """
         activity = self.host
         domain = activity.domain
-        if call.cancel_requested and not inline:
+        if call.flags & CANCEL_REQUESTED and not inline:
             # Cancelled between start() and the task's first step.
             if call.kind is COROUTINE:
                 call.fn.close()  # it never ran: Python must not warn that it was never awaited
@@ -293,7 +293,7 @@ class TrioDispatcher:
         if extras is not None and extras.timeout is not None:
             scope.deadline = self._current_time() + extras.timeout
         call.future = scope
-        if call.cancel_requested:
+        if call.flags & CANCEL_REQUESTED:
             scope.cancel()
         outcome: Outcome
         result: Any = None
@@ -340,7 +340,7 @@ class TrioDispatcher:
             outcome = FAILED, None, exc
         else:
             if scope.cancelled_caught:
-                if call.cancel_requested:
+                if call.flags & CANCEL_REQUESTED:
                     outcome = CANCELLED, None, None
                 else:
                     call.timed_out = True  # what an abandoned thread's check_cancelled() sees
