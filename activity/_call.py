@@ -290,6 +290,10 @@ class BaseCall(Generic[T_co]):
 
     # -- the fields that share flags, outcome and extras ------------------------------
 
+    def set_flag(self, bit: int, value: bool) -> None:
+        """Set or clear one bit of :attr:`flags`."""
+        self.flags = self.flags | bit if value else self.flags & ~bit
+
     @property
     def synchronous(self) -> bool:
         """Whether the call is a ``synchronous_call`` (bit ``SYNCHRONOUS``)."""
@@ -302,7 +306,7 @@ class BaseCall(Generic[T_co]):
 
     @observed.setter
     def observed(self, value: bool) -> None:
-        self.flags = self.flags | OBSERVED if value else self.flags & ~OBSERVED
+        self.set_flag(OBSERVED, value)
 
     @property
     def holds_slot(self) -> bool:
@@ -311,7 +315,7 @@ class BaseCall(Generic[T_co]):
 
     @holds_slot.setter
     def holds_slot(self, value: bool) -> None:
-        self.flags = self.flags | HOLDS_SLOT if value else self.flags & ~HOLDS_SLOT
+        self.set_flag(HOLDS_SLOT, value)
 
     @property
     def cancel_requested(self) -> bool:
@@ -320,7 +324,7 @@ class BaseCall(Generic[T_co]):
 
     @cancel_requested.setter
     def cancel_requested(self, value: bool) -> None:
-        self.flags = self.flags | CANCEL_REQUESTED if value else self.flags & ~CANCEL_REQUESTED
+        self.set_flag(CANCEL_REQUESTED, value)
 
     @property
     def timed_out(self) -> bool:
@@ -329,7 +333,7 @@ class BaseCall(Generic[T_co]):
 
     @timed_out.setter
     def timed_out(self, value: bool) -> None:
-        self.flags = self.flags | TIMED_OUT if value else self.flags & ~TIMED_OUT
+        self.set_flag(TIMED_OUT, value)
 
     @property
     def value(self) -> Any:
@@ -346,11 +350,6 @@ class BaseCall(Generic[T_co]):
         """The activity a nested call came from, if another than its own (see ``origin_of``)."""
         extras = self.extras
         return None if extras is None else extras.origin
-
-    @origin.setter
-    def origin(self, origin: Any) -> None:
-        if origin is not None or self.extras is not None:
-            self.more().origin = origin
 
     @property
     def ident(self) -> int:
