@@ -44,6 +44,8 @@ __all__ = [
     "check_wait",
     "end_wait",
     "frame_var",
+    "get_frame",
+    "set_frame",
     "visible_values",
 ]
 
@@ -82,6 +84,11 @@ class Frame(Protocol):
 
 
 frame_var: Final[ContextVar[Frame | None]] = ContextVar("activity.frame", default=None)
+#: ``frame_var.set`` and ``frame_var.get``, bound once. Passed to ``Context.run()``,
+#: ``frame_var.set`` would make a bound method per call (Python 3.11 does not
+#: specialize that attribute load).
+set_frame: Final = frame_var.set
+get_frame: Final = frame_var.get
 
 
 #: The table of ``ActivityLocal`` values of the call whose context this is, in an

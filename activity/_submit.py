@@ -29,7 +29,7 @@ from ._call import (
     Kind,
 )
 from ._config import Overflow
-from ._context import Frame, call_values, frame_var, visible_values
+from ._context import Frame, call_values, frame_var, get_frame, set_frame, visible_values
 from ._core import OPEN, CoreState
 from ._errors import ActivityClosedError, AsyncWorkRejectedError
 from ._tracking import LONG, LONG_BUCKETS, SHORT, SHORT_BUCKETS, EventKind, bucket_of
@@ -79,8 +79,9 @@ class Submitting(CoreState):
             and name is None
             and timeout is None
             and self.state is OPEN
-            and get_ident() == self.thread_id
-            and _get_running_loop() is self.loop
+            # On asyncio, running its loop is being on its thread; trio has no loop.
+            and ((loop := _get_running_loop()) is not None or get_ident() == self.thread_id)
+            and loop is self.loop
             and _tracking.hook is None
         ):
             # The common case, validate() and new_call() in one: a function
@@ -88,8 +89,9 @@ class Submitting(CoreState):
             # while it is open, and no call-local values to copy.
             flags = fn.__code__.co_flags
             if flags & CO_COROUTINE or not flags & CO_GENERATORS:
-                frame = frame_var.get()
-                return self.new_submitted(
+                frame = get_frame()
+                new_submitted = self.new_submitted  # a slot: called as a method, not specialized
+                return new_submitted(
                     self,
                     COROUTINE_FUNCTION if flags & CO_COROUTINE else BLOCKING,
                     fn,
@@ -260,7 +262,7 @@ class Submitting(CoreState):
         """Hand a call that was just counted as running to the dispatcher."""
         self.running_calls.add(call)
         if not call.flags & SYNCHRONOUS:
-            call.context.run(frame_var.set, call)  # type: ignore[union-attr]
+            call.context.run(set_frame, call)  # type: ignore[union-attr]
         self.dispatcher.start(call)  # type: ignore[union-attr]
 
     def pump(self, now: int = 0, take: bool = False) -> BaseCall[Any] | None:
@@ -309,7 +311,7 @@ class Submitting(CoreState):
                     # launch(), but the runner that asked starts it.
                     self.running_calls.add(call)
                     if not call.flags & SYNCHRONOUS:
-                        call.context.run(frame_var.set, call)  # type: ignore[union-attr]
+                        call.context.run(set_frame, call)  # type: ignore[union-attr]
                     taken = call
                 else:
                     host.launch(call)

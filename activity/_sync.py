@@ -35,7 +35,7 @@ from ._call import (
     CallStatus,
     InlineCall,
 )
-from ._context import begin_wait, check_wait, end_wait, frame_var
+from ._context import begin_wait, check_wait, end_wait, frame_var, set_frame
 from ._errors import WouldDeadlockError
 from ._outcome import Settling
 from ._validate import CO_COROUTINE, CO_GENERATORS
@@ -128,7 +128,7 @@ class Synchronous(Settling):
                             # The frame goes into the body's copy of the context by a
                             # call from C to C, cheaper than a first step in Python.
                             context = copy_context()
-                            context.run(frame_var.set, inline)
+                            context.run(set_frame, inline)
                             with scope:
                                 result = await drive_in_context(fn(*args), context)
                         except BaseException as error:
@@ -150,7 +150,7 @@ class Synchronous(Settling):
                         inline_calls.add(inline)
                         try:
                             context = copy_context()
-                            context.run(frame_var.set, inline)
+                            context.run(set_frame, inline)
                             result = await drive_in_context(fn(*args), context)
                         except asyncio.CancelledError:
                             call = self.promote(inline, fn, args, reentrant)

@@ -164,8 +164,9 @@ class AsyncioDispatcher:
             if call.kind is COROUTINE:
                 coro = call.fn
             else:
+                args = call.args
                 try:
-                    coro = context.run(call.fn, *call.args)
+                    coro = context.run(call.fn, *args) if args else context.run(call.fn)
                 except BaseException as exc:
                     if isinstance(exc, StopIteration):
                         exc = stop_iteration_error(exc)
@@ -288,8 +289,10 @@ class AsyncioDispatcher:
                     coro = call.fn
                     break
                 context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                args = call.args
                 try:
-                    coro = context.run(call.fn, *call.args)
+                    # Without arguments: no bound method, no tuple to unpack.
+                    coro = context.run(call.fn, *args) if args else context.run(call.fn)
                 except BaseException as exc:
                     if isinstance(exc, StopIteration):
                         exc = stop_iteration_error(exc)
