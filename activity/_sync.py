@@ -35,7 +35,7 @@ from ._call import (
     CallStatus,
     InlineCall,
 )
-from ._context import begin_wait, check_wait, end_wait, frame_var, set_frame
+from ._context import begin_wait, check_wait, end_wait, frame_var, get_frame, set_frame
 from ._errors import WouldDeadlockError
 from ._outcome import Settling
 from ._validate import CO_COROUTINE, CO_GENERATORS
@@ -79,8 +79,9 @@ class Synchronous(Settling):
             self.fast_sync
             and type(fn) is FunctionType
             and timeout is None
-            and get_ident() == self.thread_id
-            and _get_running_loop() is self.loop
+            # On asyncio, running its loop is being on its thread; trio has no loop.
+            and ((loop := _get_running_loop()) is not None or get_ident() == self.thread_id)
+            and loop is self.loop
             and (
                 (flags := fn.__code__.co_flags) & CO_COROUTINE
                 or not (flags & CO_GENERATORS or self.apartment or self.bound_to_loop)
@@ -91,7 +92,7 @@ class Synchronous(Settling):
             # no timeout to arm. The steps of the general path below, without the
             # branches that cannot apply.
             blocking = not flags & CO_COROUTINE
-            frame = frame_var.get()
+            frame = get_frame()
             admission = self.admission
             if frame is None:
                 reentrant = False
@@ -110,7 +111,6 @@ class Synchronous(Settling):
                 counters.running += 1
                 if not reentrant:
                     admission.slots += 1
-                loop = self.loop
                 if not blocking:
                     # A coroutine: its frame is an InlineCall, which becomes a Call
                     # only if the call ends otherwise than completed, unobserved.
@@ -130,7 +130,8 @@ class Synchronous(Settling):
                             context = copy_context()
                             context.run(set_frame, inline)
                             with scope:
-                                result = await drive_in_context(fn(*args), context)
+                                coro = fn(*args) if args else fn()
+                                result = await drive_in_context(coro, context)
                         except BaseException as error:
                             call = self.promote(inline, fn, args, reentrant)
                             if isinstance(error, trio_dispatcher.cancelled_exc):
@@ -151,7 +152,7 @@ class Synchronous(Settling):
                         try:
                             context = copy_context()
                             context.run(set_frame, inline)
-                            result = await drive_in_context(fn(*args), context)
+                            result = await drive_in_context(fn(*args) if args else fn(), context)
                         except asyncio.CancelledError:
                             call = self.promote(inline, fn, args, reentrant)
                             self.finish(call, CANCELLED, None, None)

@@ -118,8 +118,7 @@ def drive_in_context(
     task does, minus the task: the body gets its own context at the cost of one
     ``Context.run`` per step.
     """
-    send = coro.send
-    throw = coro.throw
+    send = coro.send  # coro.throw is bound only when something is thrown in
     run = context.run
     try:
         yielded = run(send, None)
@@ -136,7 +135,7 @@ def drive_in_context(
         except BaseException as exc:
             error = exc
         try:
-            yielded = run(send, value) if error is None else run(throw, error)
+            yielded = run(send, value) if error is None else run(coro.throw, error)
         except StopIteration as stop:
             return stop.value
 

@@ -321,9 +321,11 @@ class TrioDispatcher:
                     elif inline:
                         context = call.context
                         assert context is not None
-                        coro = (
-                            call.fn if call.kind is COROUTINE else context.run(call.fn, *call.args)
-                        )
+                        args = call.args
+                        if call.kind is COROUTINE:
+                            coro = call.fn
+                        else:
+                            coro = context.run(call.fn, *args) if args else context.run(call.fn)
                         result = (
                             await drive_in_context(coro, context) if is_coroutine(coro) else coro
                         )
