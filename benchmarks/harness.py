@@ -5,11 +5,19 @@ Each scenario runs ``activity`` and the patterns a user would otherwise write
 of workers, aiojobs, anyio task groups, ``asyncio.to_thread``...) in one
 process, interleaved: every repetition runs every row once, in turn, so that a
 change in the machine's load falls on all rows alike. A row's figure is the
-median of its repetitions; its ratio is to the strongest baseline of the same
+median of its repetitions. Its ratio is to the strongest baseline of the same
 scenario and loop in the same run: the fastest of its ``baseline`` rows, the
 patterns that give each call what ``activity`` gives it (a task, a context
 copy and a cancellation of its own). Compare ratios, not absolute times,
 between machines or runs.
+
+A ratio is *paired*: the median, over the repetitions, of the row's sample
+divided by the baseline's sample of the same repetition. The speed of a
+shared machine moves by half again for seconds at a time; two samples taken
+a moment apart see the same speed, two medians need not. So that the rows
+compared with each other run a moment apart, each repetition runs the rows of
+about the same cost first (those whose warm-up took at most
+:data:`CLOSE_COST` times the fastest row's), then the slow ones.
 
 A row is labelled *naive* when it is a weaker way to write a peer's pattern
 (a task per call parked on the semaphore, aiojobs with its default settings):
@@ -60,6 +68,7 @@ __all__ = [
     "blocking_noop",
     "drop_missing",
     "measure",
+    "paired_ratio",
     "park",
     "power",
     "settle",
@@ -71,6 +80,9 @@ __all__ = [
 
 #: The concurrency limit of every scenario (running calls, threads, jobs).
 LIMIT: Final = 100
+#: Rows whose warm-up cost per call is at most this many times the fastest row's run
+#: first in each repetition, next to each other (see the module doc).
+CLOSE_COST: Final = 3.0
 
 Loop = Literal["asyncio", "uvloop", "trio"]
 Unit = Literal["us", "B"]
@@ -316,23 +328,36 @@ def measure(group: Group, repeat: int, log: Callable[[str], None]) -> list[Row]:
     ]
     scale = 1e6 if group.unit == "us" else 1.0
     started = time.perf_counter()
-    # A short warm-up run of each row: imports, caches and thread start-up are not measured.
+    # A short warm-up run of each row: imports, caches and thread start-up are not
+    # measured. Its time per call sorts the rows into the close ones and the slow ones.
+    costs: list[float] = []
     for pattern in group.patterns:
-        sample(dataclasses.replace(pattern, calls=min(pattern.calls, 500)))
+        warm = dataclasses.replace(pattern, calls=min(pattern.calls, 500))
+        began = time.perf_counter()
+        sample(warm)
+        costs.append((time.perf_counter() - began) / warm.calls)
+    cheapest = min(costs)
+    pairs = list(zip(group.patterns, rows, strict=True))
+    close = [pair for pair, cost in zip(pairs, costs, strict=True) if cost <= CLOSE_COST * cheapest]
+    slow = [pair for pair, cost in zip(pairs, costs, strict=True) if cost > CLOSE_COST * cheapest]
     if group.repeat is not None:
         repeat = min(repeat, group.repeat)
     for index in range(repeat):
-        order = list(zip(group.patterns, rows, strict=True))
-        # Rotate the order each repetition: no row always runs right after the same one.
-        shift = index % len(order)
-        for pattern, row in order[shift:] + order[:shift]:
-            if pattern.repeat is not None and len(row.samples) >= pattern.repeat:
-                continue
-            row.samples.append(sample(pattern) * scale)
+        # Rotate each block every repetition: no row always runs right after the same one.
+        for block in (close, slow):
+            shift = index % len(block) if block else 0
+            for pattern, row in block[shift:] + block[:shift]:
+                if pattern.repeat is not None and len(row.samples) >= pattern.repeat:
+                    continue
+                row.samples.append(sample(pattern) * scale)
     for row in rows:
         baseline = baseline_of(row, rows)
         row.baseline = baseline.pattern
-        row.ratio = row.median / baseline.median if baseline.median > 0 else None
+        if row.scenario.startswith("scaling"):
+            # Sizes of one pattern, not patterns compared: the growth of its median.
+            row.ratio = row.median / baseline.median if baseline.median > 0 else None
+        else:
+            row.ratio = paired_ratio(row, baseline)
     log(f"  {group.scenario} on {group.loop}: {time.perf_counter() - started:.1f} s")
     return rows
 
@@ -349,6 +374,17 @@ def baseline_of(row: Row, rows: Sequence[Row]) -> Row:
         family = row.pattern.rpartition(", ")[0]
         return next(other for other in rows if other.pattern.rpartition(", ")[0] == family)
     return strongest([other for other in rows if other.role == "baseline"]) or rows[0]
+
+
+def paired_ratio(top: Row, bottom: Row) -> float | None:
+    """The median over the repetitions of ``top``'s sample / ``bottom``'s of the same one.
+
+    Repetitions that only one of them ran (a row with a cap on its repetitions
+    stops early) are left out; ``None`` if no repetition has both.
+    """
+    pairs = zip(top.samples, bottom.samples, strict=False)
+    ratios = [mine / theirs for mine, theirs in pairs if theirs > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 def strongest(rows: Sequence[Row]) -> Row | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.harness import LOOPS, strongest
+from benchmarks.harness import LOOPS, paired_ratio, strongest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -67,7 +67,8 @@ def targets(rows: Sequence[Row]) -> list[Target]:
     A goal is a ratio to the strongest row of its kind in the same run: the
     fastest baseline (the patterns that give each call what ``activity`` gives
     it, naive forms included), the fastest aiojobs pattern, the fastest
-    reference. A scenario that runs ``activity`` in several settings (its
+    reference (strongest by median), and its value is the paired ratio (see
+    ``benchmarks.harness``). A scenario that runs ``activity`` in several settings (its
     admission: a backlog that waits, a backlog that holds every call) has each
     goal once per setting, named in the goal.
     """
@@ -102,16 +103,17 @@ def targets(rows: Sequence[Row]) -> list[Target]:
         floor: Row | None = None,
     ) -> None:
         """Add ``top / bottom`` as a target; ``floor`` stands for activity in its floor ratio."""
-        if top is None or bottom is None or bottom.median <= 0:
+        if top is None or bottom is None:
+            return
+        value = paired_ratio(top, bottom)
+        if value is None:
             return
         floor_ratio = None
-        if floor is not None and floor.median > 0:
+        if floor is not None:
             # activity is the top of an "at most" ratio, the bottom of an "at least" one.
-            floor_ratio = floor.median / bottom.median if at_most else top.median / floor.median
+            floor_ratio = paired_ratio(floor, bottom) if at_most else paired_ratio(top, floor)
         against = bottom.pattern if at_most else top.pattern
-        found.append(
-            Target(goal, loop, top.median / bottom.median, limit, at_most, floor_ratio, against)
-        )
+        found.append(Target(goal, loop, value, limit, at_most, floor_ratio, against))
 
     for loop in LOOPS:
         spawn = find("async_call", loop, "baseline")
