@@ -101,7 +101,9 @@ def render(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "Against: the row activity is compared with, the strongest of its kind in this "
-            "run (the fastest baseline, the fastest aiojobs pattern, the fastest reference)."
+            "run (the fastest baseline, the fastest aiojobs pattern, the fastest reference). "
+            "Each ratio is paired, as in the tables, except the growth of µs per call with "
+            "the backlog, which compares the medians of one pattern at its sizes."
         )
         lines.append("")
         lines.append(
@@ -124,8 +126,15 @@ def _ratio_note(rows: list[Row]) -> str:
     else:
         lead = "the baseline of the same loop in the same run"
     if len(names) == 1:
-        return f"Ratio: to *{next(iter(names))}*, {lead}."
-    return f"Ratio: to {lead}: " + ", ".join(f"*{b}* on {loop}" for loop, b in per_loop) + "."
+        note = f"Ratio: to *{next(iter(names))}*, {lead}."
+    else:
+        note = f"Ratio: to {lead}: " + ", ".join(f"*{b}* on {loop}" for loop, b in per_loop) + "."
+    if not rows[0].scenario.startswith("scaling"):
+        note += (
+            " Paired: the median of the repetitions' own ratios, each of two samples"
+            " run a moment apart."
+        )
+    return note
 
 
 _ROW_FIELDS: Final = frozenset(
