@@ -337,9 +337,10 @@ def measure(group: Group, repeat: int, log: Callable[[str], None]) -> list[Row]:
         sample(warm)
         costs.append((time.perf_counter() - began) / warm.calls)
     cheapest = min(costs)
-    pairs = list(zip(group.patterns, rows, strict=True))
-    close = [pair for pair, cost in zip(pairs, costs, strict=True) if cost <= CLOSE_COST * cheapest]
-    slow = [pair for pair, cost in zip(pairs, costs, strict=True) if cost > CLOSE_COST * cheapest]
+    close: list[tuple[Pattern, Row]] = []
+    slow: list[tuple[Pattern, Row]] = []
+    for pair, cost in zip(zip(group.patterns, rows, strict=True), costs, strict=True):
+        (close if cost <= CLOSE_COST * cheapest else slow).append(pair)
     if group.repeat is not None:
         repeat = min(repeat, group.repeat)
     for index in range(repeat):
