@@ -10,7 +10,7 @@ from ._errors import CallPendingError, InvalidArgumentError, hresult_of
 from ._hresult import HResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Generator
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
     from contextvars import Context
 
 __all__ = ["BaseCall", "CallHost", "CallStatus", "Counters", "Event", "InlineCall"]
@@ -78,7 +78,7 @@ class Counters:
 
 
 class Event(Protocol):
-    """What both ``asyncio.Event`` and ``anyio.Event`` offer."""
+    """What ``asyncio.Event``, ``trio.Event`` and a backend's one-waiter signal offer."""
 
     def set(self) -> None:
         """Set the event, waking its waiters."""
@@ -87,8 +87,9 @@ class Event(Protocol):
         """Whether the event was set."""
         ...
 
-    async def wait(self) -> Any:
+    def wait(self) -> Awaitable[Any]:
         """Wait until the event is set."""
+        ...
 
 
 class CallHost(Protocol):

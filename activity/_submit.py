@@ -223,12 +223,17 @@ class Submitting(CoreState):
         """Park until the queue has room for ``call``, which is then accepted."""
         dispatcher = self.dispatcher
         assert dispatcher is not None
-        waiter = Waiter(call, dispatcher.new_event())
+        event = dispatcher.new_signal()
+        waiter = Waiter(call, event)
         self.admission.waiters.append(waiter)
         try:
-            admitted = await dispatcher.wait_event(waiter.event, timeout)
+            if timeout is None:
+                await event.wait()  # no scope, no frame of wait_event() around it
+                admitted = True
+            else:
+                admitted = await dispatcher.wait_event(event, timeout)
         except BaseException:
-            if not waiter.event.is_set():
+            if not event.is_set():
                 self.admission.waiters.remove(waiter)
                 refuse_coroutine(call.fn)
             # else: the call was accepted before the cancellation arrived; it runs.

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import inspect
@@ -264,6 +265,50 @@ class TestAdmission:
                 act.cancel("closing")
         assert len(errors) == 1
         assert act.statistics().accepted == 1
+
+    async def test_a_submitter_cancelled_while_parked_leaves_the_line(self) -> None:
+        gate = Gate()
+        async with Activity(max_concurrency=1, max_pending=0, overflow=Overflow.WAIT) as act:
+            first = await act.asynchronous_call(gate.wait, "first")
+            cancelled_coro = echo("never")
+            admitted: list[Call[Any]] = []
+
+            async def submit_behind() -> None:
+                admitted.append(await act.asynchronous_call(gate.wait, "behind"))
+
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(submit_behind)  # parks too, once this task waits
+                    scope.cancel()
+                    await act.asynchronous_call(cancelled_coro)
+                assert scope.cancelled_caught
+                gate.open()
+            assert inspect.getcoroutinestate(cancelled_coro) == inspect.CORO_CLOSED
+            assert await first == "first"
+            assert [await call for call in admitted] == ["behind"]
+            stats = act.statistics()
+            assert (stats.accepted, stats.rejected, stats.completed) == (2, 0, 2)
+            assert_balanced(stats)
+
+    def test_a_parked_submitters_signal_outlives_a_cancelled_wait(self) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            signal = _asyncio.Signal(loop)
+            waiting = asyncio.ensure_future(signal.wait())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert not signal.is_set()
+            signal.set()
+            assert signal.is_set()
+            assert await signal.wait() is True  # a new future, already done
+            early = _asyncio.Signal(loop)
+            early.set()
+            early.set()  # twice is once
+            assert await early.wait() is True
+
+        asyncio.run(main())
 
     async def test_synchronous_call_waits_its_turn(self) -> None:
         gate = Gate()

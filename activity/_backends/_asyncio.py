@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .._workers import Workers
     from ._common import DispatchHost, Outcome, ReentryHost
 
-__all__ = ["AsyncioDispatcher"]
+__all__ = ["AsyncioDispatcher", "Signal"]
 
 #: A coroutine's type: one identity test, since it cannot be subclassed.
 _CoroutineType: Final[type[Any]] = types.CoroutineType
@@ -88,6 +88,46 @@ async def _result_of_work(future: WorkItem, ended: asyncio.Future[None]) -> Any:
         future.cancel()
         raise
     return future.result()
+
+
+class Signal:
+    """An event that one task at a time waits on: ``asyncio.Event`` without its list.
+
+    A parked submitter is its event's only waiter, so the event holds one loop
+    future, made when it is first waited on, and ``wait()`` returns that future
+    itself: no coroutine, no list of waiters, and none of ``asyncio.Event``'s
+    binding to its loop under a lock. A waiter cancelled while it waits cancels
+    the future; a later ``wait()`` makes a new one. ``is_set()`` says whether
+    ``set()`` was called, whatever became of the future.
+    """
+
+    __slots__ = ("_future", "_loop", "_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[bool] | None = None
+        self._set = False
+
+    def set(self) -> None:
+        """Set the event, waking its waiter if one waits."""
+        if not self._set:
+            self._set = True
+            future = self._future
+            if future is not None and not future.done():
+                future.set_result(True)
+
+    def is_set(self) -> bool:
+        """Whether the event was set."""
+        return self._set
+
+    def wait(self) -> asyncio.Future[bool]:
+        """A future that is done once the event is set (already, if it is)."""
+        future = self._future
+        if future is None or future.cancelled():
+            future = self._future = self._loop.create_future()
+            if self._set:
+                future.set_result(True)
+        return future
 
 
 class AsyncioDispatcher:
@@ -137,6 +177,9 @@ class AsyncioDispatcher:
 
     def new_event(self) -> Event:
         return asyncio.Event()
+
+    def new_signal(self) -> Event:
+        return Signal(self._loop)
 
     def is_cancellation(self, exc: BaseException) -> bool:
         return isinstance(exc, asyncio.CancelledError)
@@ -477,7 +520,7 @@ class AsyncioDispatcher:
         return True
 
     async def wait_event_shielded(self, event: Event) -> None:
-        waiter = self._loop.create_task(event.wait())
+        waiter = asyncio.ensure_future(event.wait(), loop=self._loop)
         cancelled: BaseException | None = None
         while not waiter.done():
             try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +102,7 @@ class TrioDispatcher:
         "_apartment",
         "_current_time",
         "_detached",
+        "_event_class",
         "_limiter",
         "_nursery",
         "_nursery_manager",
@@ -124,6 +124,8 @@ class TrioDispatcher:
         self._nursery_manager = trio.open_nursery()
         self._nursery: trio.Nursery | None = None
         self.cancel_scope = trio.CancelScope
+        #: trio's own event: anyio's wraps it, and costs a layer per call that waits.
+        self._event_class = trio.Event
         self._current_time = trio.current_time
         self.cancelled_exc: type[BaseException] = trio.Cancelled
         self._token = anyio.lowlevel.current_token()
@@ -170,7 +172,10 @@ class TrioDispatcher:
             closed.set()
 
     def new_event(self) -> Event:
-        return anyio.Event()
+        return self._event_class()
+
+    def new_signal(self) -> Event:
+        return self._event_class()
 
     def is_cancellation(self, exc: BaseException) -> bool:
         return isinstance(exc, self.cancelled_exc)
@@ -385,7 +390,10 @@ class TrioDispatcher:
         self._nursery.start_soon(run)
 
     async def wait_event(self, event: Event, timeout: float | None) -> bool:
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
+        if timeout is None:
+            await event.wait()
+            return True
+        with anyio.move_on_after(timeout):
             await event.wait()
         return event.is_set()
 
