@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     # already, under a bare ``pytest`` it is not.
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import run  # noqa: E402
+from benchmarks import instructions, run  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     QUICK,
     Group,
@@ -328,6 +328,48 @@ def test_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python benchmarks/run.py")
+
+
+class TestInstructionCount:
+    """``benchmarks/instructions.py`` counts a row of the benchmark itself (no valgrind here)."""
+
+    def test_lists_the_rows_of_the_timed_benchmark(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        instructions.main(["--list", "--scenario", "async_call", "--loop", "uvloop"])
+        listed = capsys.readouterr().out.splitlines()
+        timed = [p.name for g in groups_of(QUICK, ["uvloop"], ["async_call"]) for p in g.patterns]
+        assert listed == timed
+        assert ACTIVITY_WAIT in listed
+
+    def test_a_row_is_named_by_text_that_only_it_contains(self) -> None:
+        with pytest.raises(SystemExit, match="no row of async_call on trio match 'nothing'"):
+            instructions.count("async_call", "trio", "nothing")
+        with pytest.raises(SystemExit, match=r"\d+ rows of async_call on asyncio match 'aiojobs'"):
+            instructions.count("async_call", "asyncio", "aiojobs")
+
+    def test_the_counted_process_runs_the_row(self) -> None:
+        """What valgrind runs: the warm-up and the counted calls, in a child process."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "instructions.py"),
+                "--child",
+                "50",
+                "--scenario",
+                "sync_call",
+                "--loop",
+                "asyncio",
+                "--row",
+                "activity",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
 
 
 def test_the_package_does_not_import_the_benchmark() -> None:
