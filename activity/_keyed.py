@@ -139,10 +139,10 @@ class KeyedActivity:
                 field="idle_timeout",
                 value=idle_timeout,
             )
-        per_key_activity = per_key_config(per_key)
+        per_key_checked = per_key_config(per_key)  # refused before the parent is made
         self._core = KeyedCore(
             Activity(config, parent=parent, **options),
-            per_key_activity,
+            per_key_checked,
             max_keys,
             None if idle_timeout is None else float(idle_timeout),
         )
