@@ -12,11 +12,11 @@ over ``--calls`` is the cost of one call. The row is the benchmark's own
 are of exactly what the timed benchmark runs.
 
 ``--row`` picks the row whose name contains the given text; ``--list`` lists
-the rows of the scenario on the loop. The counts of the same code move by a
-few hundred between builds of the bytecode cache, so every run uses one hash
-seed (``PYTHONHASHSEED=0``); trio, which orders the tasks it wakes at random,
-moves by a thousand or two between runs. Read differences below about 500
-(trio: 2,000) as none. Needs valgrind.
+the rows of the scenario on the loop. The hash seed lays out sets and dicts
+differently from run to run, which moved the count of the same code by a few
+hundred, so every run uses one seed (``PYTHONHASHSEED=0``); trio, which
+orders the tasks it wakes at random, still moves by a thousand or two. Read
+differences below about 500 (trio: 2,000) as none. Needs valgrind.
 """
 
 from __future__ import annotations
