@@ -227,11 +227,7 @@ class Submitting(CoreState):
         waiter = Waiter(call, event)
         self.admission.waiters.append(waiter)
         try:
-            if timeout is None:
-                await event.wait()  # no scope, no frame of wait_event() around it
-                admitted = True
-            else:
-                admitted = await dispatcher.wait_event(event, timeout)
+            admitted = await dispatcher.wait_event(event, timeout)
         except BaseException:
             if not event.is_set():
                 self.admission.waiters.remove(waiter)
