@@ -59,7 +59,7 @@ BLOCKING: Final = Kind.BLOCKING
 
 _ids = itertools.count(1)
 #: ``object.__new__``, looked up once: on the type it is a lookup per call.
-_new_object: Final = object.__new__
+new_object: Final = object.__new__
 
 
 class Counters:
@@ -244,7 +244,7 @@ class BaseCall(Generic[T_co]):
 
         The submission's hot path; :meth:`create` makes every other kind.
         """
-        self = _new_object(cls)
+        self = new_object(cls)
         self.host = activity
         self.causality = self
         self.kind = kind
@@ -574,6 +574,8 @@ class InlineCall:
         causality: object | None,
         task: _Cancellable | None,
     ) -> None:
+        # synchronous_call's inline path on asyncio sets these same fields itself,
+        # without this frame: a field added here is added there too.
         self.host = activity
         self.origin = origin
         # The chain the caller belongs to, or one the call starts.

@@ -13,9 +13,9 @@ or waits in line for a place.
 from __future__ import annotations
 
 import asyncio
+import sys
 from asyncio import (
     _get_running_loop,  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
-    current_task,
 )
 from contextvars import copy_context
 from threading import get_ident
@@ -34,13 +34,27 @@ from ._call import (
     BaseCall,
     CallStatus,
     InlineCall,
+    new_object,
 )
 from ._context import begin_wait, check_wait, end_wait, frame_var, get_frame, set_frame
 from ._errors import WouldDeadlockError
 from ._outcome import Settling
 from ._validate import CO_COROUTINE, CO_GENERATORS
 
+#: The task running on a loop: ``asyncio.current_task(loop)``.
+task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
+if sys.version_info >= (3, 12):
+    task_of = asyncio.current_task  # implemented in C from 3.12
+else:
+    # 3.11's current_task(loop) is a function in Python around this lookup: its
+    # frame alone was about 900 instructions of a synchronous call.
+    task_of = cast(
+        "dict[asyncio.AbstractEventLoop, asyncio.Task[Any]]", vars(asyncio.tasks)["_current_tasks"]
+    ).get
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._backends._asyncio import AsyncioDispatcher
     from ._backends._trio import TrioDispatcher
     from ._core import CoreState
@@ -145,8 +159,16 @@ class Synchronous(Settling):
                     else:
                         # With the loop given, current_task() skips looking the loop
                         # up (3x faster).
-                        task = current_task(loop)
-                        inline = InlineCall(self, origin, causality, task)
+                        task = task_of(loop)
+                        # InlineCall(self, origin, causality, task), without the
+                        # __init__ frame (about 600 instructions).
+                        inline = new_object(InlineCall)
+                        inline.host = self
+                        inline.origin = origin
+                        inline.causality = inline if causality is None else causality
+                        inline.task = task
+                        inline.cancel_requested = False
+                        inline.cancel_reason = None
                         inline_calls = self.inline_calls
                         inline_calls.add(inline)
                         try:
@@ -197,7 +219,7 @@ class Synchronous(Settling):
                             return self.end_inline(call, status, result, failure)
                     else:
                         # asyncio: the lent thread pool.
-                        task = call.future = current_task(loop)
+                        task = call.future = task_of(loop)
                         try:
                             dispatcher = cast("AsyncioDispatcher", self.dispatcher)
                             result = await dispatcher.in_thread(context.run, call)
@@ -238,7 +260,15 @@ class Synchronous(Settling):
                 if self.idle_event is not None:
                     self.signal_if_idle()
                 return result
+        return await self.synchronous_call_made(fn, args, timeout)
 
+    async def synchronous_call_made(
+        self, fn: Any, args: tuple[Any, ...], timeout: float | None
+    ) -> Any:
+        """The general path of ``synchronous_call``: the call is made, then run inline or queued.
+
+        A coroutine of its own, so that the inline path's frame stays small.
+        """
         kind, body, target, call_timeout = self.validate(fn, args, timeout, None)
         frame = frame_var.get()
         call = self.new_call(kind, body, args, target, None, call_timeout, frame, True)
