@@ -348,6 +348,22 @@ class TestInstructionCount:
         with pytest.raises(SystemExit, match=r"\d+ rows of async_call on asyncio match 'aiojobs'"):
             instructions.count("async_call", "asyncio", "aiojobs")
 
+    def test_a_run_s_fixed_costs_cancel_out(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Both counted runs pay a run's fixed costs, so none of them lands on the calls."""
+        warm_up, fixed, per_call = 9_000_000, 2_000_000, 40_000
+
+        def whole_run(scenario: str, loop: str, row: str, calls: int) -> int:
+            # What a child costs: its warm-up, then a run of its own (a full
+            # collection, a new loop, the activity opened and closed) and its calls.
+            assert (scenario, loop, row) == ("async_call", "uvloop", "overflow=WAIT")
+            return warm_up + (fixed + per_call * calls if calls else 0)
+
+        monkeypatch.setattr(instructions, "_instructions", whole_run)
+        assert instructions.count("async_call", "uvloop", "overflow=WAIT", 5_000) == per_call
+        assert instructions.count("async_call", "uvloop", "overflow=WAIT", 7) == per_call
+        with pytest.raises(SystemExit, match="--calls must be at least 5, not 4"):
+            instructions.count("async_call", "uvloop", "overflow=WAIT", 4)
+
     def test_the_counted_process_runs_the_row(self) -> None:
         """What valgrind runs: the warm-up and the counted calls, in a child process."""
         done = subprocess.run(
