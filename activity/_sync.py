@@ -157,8 +157,7 @@ class Synchronous(Settling):
                             call = self.promote(inline, fn, args, reentrant)
                             return self.end_inline(call, CANCELLED, None, None)
                     else:
-                        # With the loop given, current_task() skips looking the loop
-                        # up (3x faster).
+                        # The caller's task, what the activity's cancel() cancels.
                         task = task_of(loop)
                         # InlineCall(self, origin, causality, task), without the
                         # __init__ frame (about 600 instructions).
