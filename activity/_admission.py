@@ -84,7 +84,7 @@ class Admission:
         """Count ``call`` as accepted and running."""
         counters = call.host.counters
         counters.accepted += 1
-        counters.running += 1
+        counters.started += 1
         call.state = RUNNING
         if hold_slot:
             self.slots += 1
@@ -94,7 +94,6 @@ class Admission:
         """Count ``call`` as accepted and put it at the end of the queue."""
         counters = call.host.counters
         counters.accepted += 1
-        counters.pending += 1
         self.pending += 1
         self.queue.append(call)
 
@@ -113,14 +112,13 @@ class Admission:
         counters = call.host.counters
         freed = False
         if call.state is RUNNING:
-            counters.running -= 1
             flags = call.flags
             if flags & HOLDS_SLOT:
                 call.flags = flags ^ HOLDS_SLOT
                 self.slots -= 1
                 freed = True
         else:
-            counters.pending -= 1
+            counters.unstarted += 1
             self.pending -= 1
             freed = True  # a place in the queue, which a waiter may want
         if status is COMPLETED:

@@ -63,18 +63,46 @@ new_object: Final = object.__new__
 
 
 class Counters:
-    """One activity's call counters."""
+    """One activity's call counters.
 
-    __slots__ = ("accepted", "cancelled", "completed", "failed", "pending", "rejected", "running")
+    Only totals are counted, each by the one step that makes it grow: a call
+    is accepted, started, then ends completed, failed or cancelled (or ends
+    before it started: cancelled, or refused at the close, while queued).
+    ``pending`` and ``running`` follow from them, so that a call's start and end
+    each write one counter instead of two.
+    """
+
+    __slots__ = ("accepted", "cancelled", "completed", "failed", "rejected", "started", "unstarted")
 
     def __init__(self) -> None:
         self.accepted: int = 0
         self.rejected: int = 0
-        self.pending: int = 0
-        self.running: int = 0
+        #: Accepted calls that started running.
+        self.started: int = 0
+        #: Accepted calls that ended before they started (also counted by how they ended).
+        self.unstarted: int = 0
         self.completed: int = 0
         self.failed: int = 0
         self.cancelled: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Accepted calls that have not started and have not ended."""
+        # Read from another thread, what grows last is read last: never below zero.
+        ended = self.unstarted
+        started = self.started
+        return self.accepted - started - ended
+
+    @property
+    def running(self) -> int:
+        """Calls that started and have not ended."""
+        ended = self.completed + self.failed + self.cancelled - self.unstarted
+        return max(0, self.started - ended)
+
+    @property
+    def ended(self) -> int:
+        """Accepted calls that ended, however they ended."""
+        return self.completed + self.failed + self.cancelled
 
 
 class Event(Protocol):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import anyio
 
 from ._admission import Admission
-from ._call import BaseCall, CallStatus, Counters, InlineCall
+from ._call import BaseCall, CallStatus, Counters, InlineCall, Kind
 from ._config import ActivityConfig, FailurePolicy, LocalScope, ThreadPool
 from ._context import CallLocals, Frame, frame_var
 from ._errors import ActivityClosedError, WrongThreadError
@@ -38,6 +38,7 @@ from ._tracking import ActivityStatistics, Histogram, PartitionStatistics
 if TYPE_CHECKING:
     from collections.abc import Callable
     from contextvars import Token
+    from types import CodeType
 
     import anyio.lowlevel
 
@@ -102,6 +103,8 @@ class CoreState(abc.ABC):
         "ident",
         "idle_event",
         "inline_calls",
+        "last_code",
+        "last_kind",
         "locals",
         "loop",
         "name",
@@ -132,6 +135,10 @@ class CoreState(abc.ABC):
         self.call_class = call_class
         #: ``call_class.submitted``, bound once (see _submit.make_call).
         self.new_submitted = call_class.submitted
+        #: The code of the last function submitted by the fast path, and its kind
+        #: (see _submit.make_call): one identity test instead of reading its flags.
+        self.last_code: CodeType | None = None
+        self.last_kind: Kind = Kind.BLOCKING
         self.ident = next(_ids)
         self.name = config.name or f"activity-{self.ident}"
         self.host = self  # the frame protocol: an activity's block belongs to it
@@ -283,7 +290,7 @@ class CoreState(abc.ABC):
 
     def is_idle(self) -> bool:
         c = self.counters
-        return c.pending == 0 and c.running == 0 and self.handlers_in_flight == 0
+        return c.accepted == c.ended and self.handlers_in_flight == 0
 
     def signal_if_idle(self) -> None:
         event = self.idle_event

@@ -128,9 +128,7 @@ class Settling(Submitting):
             return None  # already finished (a cancellation raced with the end)
         if call.extras is not None or _tracking.hook is not None or _tracking.listeners:
             return call.context.run(self.finish, call, COMPLETED, result, None, True)  # type: ignore[union-attr]
-        counters = self.counters
-        counters.running -= 1
-        counters.completed += 1
+        self.counters.completed += 1
         call.state = COMPLETED
         call.outcome = result
         call.args = ()

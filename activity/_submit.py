@@ -87,13 +87,28 @@ class Submitting(CoreState):
             # The common case, validate() and new_call() in one: a function
             # (coroutine or plain) without options, on the activity's own thread
             # while it is open, and no call-local values to copy.
-            flags = fn.__code__.co_flags
-            if flags & CO_COROUTINE or not flags & CO_GENERATORS:
+            code = fn.__code__
+            kind: Kind | None
+            if code is self.last_code:  # the same function again, most often
+                kind = self.last_kind
+            else:
+                flags = code.co_flags
+                kind = (
+                    COROUTINE_FUNCTION
+                    if flags & CO_COROUTINE
+                    else None
+                    if flags & CO_GENERATORS
+                    else BLOCKING
+                )
+                if kind is not None:
+                    self.last_code = code
+                    self.last_kind = kind
+            if kind is not None:  # else a generator function: validate() says why not
                 frame = get_frame()
                 new_submitted = self.new_submitted  # a slot: called as a method, not specialized
                 return new_submitted(
                     self,
-                    COROUTINE_FUNCTION if flags & CO_COROUTINE else BLOCKING,
+                    kind,
                     fn,
                     args,
                     None if frame is None else frame.origin if frame.host is self else frame.host,
@@ -122,7 +137,6 @@ class Submitting(CoreState):
             # accept_pending(), inlined: the call is this activity's own.
             counters = self.counters
             counters.accepted += 1
-            counters.pending += 1
             admission.pending += 1
             admission.queue.append(call)
             return True
@@ -286,9 +300,7 @@ class Submitting(CoreState):
                 if call.state is not PENDING:
                     continue  # cancelled while it waited: a tombstone
                 host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-                counters = host.counters
-                counters.pending -= 1
-                counters.running += 1
+                host.counters.started += 1
                 admission.pending -= 1
                 admission.slots += 1
                 call.flags |= HOLDS_SLOT

@@ -122,7 +122,7 @@ class Synchronous(Settling):
             ):
                 counters = self.counters
                 counters.accepted += 1
-                counters.running += 1
+                counters.started += 1
                 if not reentrant:
                     admission.slots += 1
                 if not blocking:
@@ -250,7 +250,6 @@ class Synchronous(Settling):
                         call.args = ()
                     running_calls.discard(call)
                     call.holds_slot = False
-                counters.running -= 1
                 counters.completed += 1
                 if not reentrant:
                     admission.slots -= 1

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import sys
 import types
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 
@@ -34,6 +35,8 @@ from .._workers import WorkItem, borrow_workers, stop_iteration_error
 from ._common import (
     CHECKED_RESULTS,
     cancelled_outcome,
+    context_run,
+    coroutine_send,
     drive_in_context,
     host_of,
     hosting,
@@ -220,9 +223,8 @@ class AsyncioDispatcher:
                     return
             runner = Runner()
             call.future = runner
-            runner.task = loop.create_task(
-                self._runner(runner, call, coro), context=self._runner_context
-            )
+            steps = cast("Coroutine[Any, Any, None]", self._task_coroutine(runner, call, coro))
+            runner.task = loop.create_task(steps, context=self._runner_context)
         else:
             self._start_task(call, self._run_wrapped(call), context)
         extras = call.extras
@@ -232,7 +234,7 @@ class AsyncioDispatcher:
     async def _runner(
         self, runner: Runner, call: BaseCall[Any], coro: Coroutine[Any, Any, Any]
     ) -> None:
-        """A runner task's coroutine (a task needs one; the work is in ``_run_calls``)."""
+        """A runner task's coroutine on Python 3.12 and later (see ``_task_coroutine``)."""
         await self._run_calls(runner, call, coro)
 
     @types.coroutine
@@ -251,9 +253,13 @@ class AsyncioDispatcher:
         complete = host.complete
         finish = host.finish
         task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+        run = context_run
         while True:
-            run = call.context.run  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
-            send = coro.send
+            context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+            # Unbound: neither a bound method of the context nor one of the coroutine per call.
+            send: Callable[[Any, Any], Any] = (
+                coroutine_send if type(coro) is _CoroutineType else type(coro).send
+            )
             value: Any = None
             error: BaseException | None = None
             if runner.cancel_pending:  # cancelled before its first step
@@ -263,7 +269,11 @@ class AsyncioDispatcher:
             outcome: Outcome | None = None
             while True:
                 try:
-                    yielded = run(send, value) if error is None else run(coro.throw, error)
+                    yielded = (
+                        run(context, send, coro, value)
+                        if error is None
+                        else run(context, coro.throw, error)
+                    )
                 except StopIteration as stop:
                     value = stop.value
                     if type(value) in CHECKED_RESULTS:
@@ -295,7 +305,7 @@ class AsyncioDispatcher:
                 try:
                     value = yield yielded
                 except GeneratorExit:
-                    run(coro.close)
+                    run(context, coro.close)
                     raise
                 except BaseException as exc:
                     error = exc
@@ -316,7 +326,7 @@ class AsyncioDispatcher:
                 following = complete(call, value)
             else:
                 # Settled in the call's context, where a task's done callback would run.
-                following = run(finish, call, *outcome, stopped is None)
+                following = run(context, finish, call, *outcome, stopped is None)
             if stopped is not None:
                 raise stopped
             while following is not None:
@@ -331,7 +341,7 @@ class AsyncioDispatcher:
                 if kind is COROUTINE:
                     coro = call.fn
                     break
-                context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                 args = call.args
                 try:
                     # Without arguments: no bound method, no tuple to unpack.
@@ -350,6 +360,14 @@ class AsyncioDispatcher:
             extras = call.extras
             if extras is not None and extras.timeout is not None:
                 extras.timer = self._loop.call_later(extras.timeout, self._on_timeout, call)
+
+    if sys.version_info >= (3, 12):
+        _task_coroutine = _runner
+    else:
+        # Python 3.11 lets a task drive a generator-based coroutine itself: one
+        # frame fewer to resume at each step of the runner. (3.12 takes only
+        # coroutines, and the generator needs a coroutine around it.)
+        _task_coroutine = _run_calls
 
     def _start_task(
         self, call: BaseCall[Any], coro: Coroutine[Any, Any, Any], context: contextvars.Context

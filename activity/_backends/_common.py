@@ -54,6 +54,8 @@ __all__ = [
     "Outcome",
     "ReentryHost",
     "cancelled_outcome",
+    "context_run",
+    "coroutine_send",
     "drive_in_context",
     "host_of",
     "hosting",
@@ -106,6 +108,13 @@ class DispatchHost(Protocol):
 Outcome = tuple[CallStatus, Any, BaseException | None]
 
 
+_CoroutineType: Final = types.CoroutineType
+#: ``Context.run`` and a coroutine's ``send``, unbound: a step that calls them makes no
+#: bound method (``context_run(context, coroutine_send, coro, value)``).
+context_run: Final[Callable[..., Any]] = contextvars.Context.run
+coroutine_send: Final[Callable[[Any, Any], Any]] = types.CoroutineType.send  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+
 @types.coroutine
 def drive_in_context(
     coro: Coroutine[Any, Any, Any], context: contextvars.Context
@@ -118,10 +127,12 @@ def drive_in_context(
     task does, minus the task: the body gets its own context at the cost of one
     ``Context.run`` per step.
     """
-    send = coro.send  # coro.throw is bound only when something is thrown in
-    run = context.run
+    # Unbound, as in the asyncio runner: no bound method of the coroutine or of the
+    # context per call (coro.throw is bound only when something is thrown in).
+    send = coroutine_send if type(coro) is _CoroutineType else type(coro).send
+    run = context_run
     try:
-        yielded = run(send, None)
+        yielded = run(context, send, coro, None)
     except StopIteration as stop:
         return stop.value
     while True:
@@ -130,17 +141,20 @@ def drive_in_context(
         try:
             value = yield yielded
         except GeneratorExit:
-            run(coro.close)
+            run(context, coro.close)
             raise
         except BaseException as exc:
             error = exc
         try:
-            yielded = run(send, value) if error is None else run(coro.throw, error)
+            yielded = (
+                run(context, send, coro, value)
+                if error is None
+                else run(context, coro.throw, error)
+            )
         except StopIteration as stop:
             return stop.value
 
 
-_CoroutineType: Final = types.CoroutineType
 #: The types of result that outcome_of_result may turn into a failure.
 CHECKED_RESULTS: Final = frozenset({HResult, _CoroutineType})
 
