@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from ._apartment import Apartment
     from ._backends import Backend
+    from ._backends._runner import Runner
     from ._call import Event
     from ._context import SynchronizationDomain
 
@@ -113,6 +114,7 @@ class CoreState(abc.ABC):
         "overflow",
         "parent",
         "requested_parent",
+        "runners",
         "running_calls",
         "runs",
         "state",
@@ -162,7 +164,11 @@ class CoreState(abc.ABC):
         #: LocalScope.CALL: each call from outside has a table of its own (see _context).
         self.calls_own_locals = config.local_scope is LocalScope.CALL
         self.locals: dict[Any, Any] = CallLocals(self) if self.calls_own_locals else {}
+        #: The running calls that are not on a runner: those are found through
+        #: ``runners`` (a runner's call changes hands without entering this set).
         self.running_calls: set[BaseCall[Any]] = set()
+        #: The runner tasks' states, each with the call it runs (see ``_backends._runner``).
+        self.runners: set[Runner] = set()
         #: How long calls waited to start, and how long they ran, timed from each
         #: call's ``stamp``: when it was submitted, then when it started
         #: (``perf_counter_ns``), so no table grows per call.

@@ -134,7 +134,6 @@ class Settling(Submitting):
         call.args = ()
         call.context = None  # as in finish(): the call is freed by reference counting alone
         call.causality = None
-        self.running_calls.discard(call)
         end = perf_counter_ns()
         ran = end - call.stamp
         runs = self.runs
@@ -327,8 +326,9 @@ class Settling(Submitting):
             call.note_cancel_reason(reason)
             call.cancel_requested = True
             self.finish(call, CANCELLED, None, None)
-        for call in list(self.running_calls):
-            self.cancel_call(call, reason)
+        running = [*self.running_calls, *(runner.call for runner in self.runners)]
+        for call in running:
+            self.cancel_call(call, reason)  # nothing for a runner's call that has ended
         for inline in list(self.inline_calls):
             inline.cancel(reason)
 

@@ -321,8 +321,8 @@ class Submitting(CoreState):
                 if _tracking.hook is not None:
                     _tracking.hook.started(host, call, waited)
                 if take and taken is None and host is self:
-                    # launch(), but the runner that asked starts it.
-                    self.running_calls.add(call)
+                    # launch(), but the runner that asked starts it (and holds it:
+                    # not in running_calls, see CoreState.runners).
                     if not call.flags & SYNCHRONOUS:
                         call.context.run(set_frame, call)  # type: ignore[union-attr]
                     taken = call

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
@@ -182,6 +184,75 @@ class TestBackToBack:
             await settle(calls)
             assert sorted(ran) == list(range(200))
             assert act.statistics().completed == 200
+            assert_balanced(act.statistics())
+
+    async def test_the_activity_s_cancel_reaches_the_call_a_runner_took_over(self) -> None:
+        # The second call runs on the task that ran the first, handed over with
+        # no entry of its own in the activity's set of running calls: the
+        # activity's cancel() finds it through the runner.
+        first_done = anyio.Event()
+        started: list[int] = []
+
+        async def body(i: int) -> int:
+            started.append(i)
+            if i == 0:
+                return i
+            first_done.set()
+            await anyio.sleep_forever()
+            return i  # pragma: no cover
+
+        async with Activity(max_concurrency=1, max_pending=10) as act:
+            calls = [await act.asynchronous_call(body, i) for i in range(3)]
+            with anyio.fail_after(LIMIT):
+                await first_done.wait()
+            assert started == [0, 1]
+            act.cancel("enough")
+            await settle(calls)
+            statuses = [c.status for c in calls]
+            assert statuses == [CallStatus.COMPLETED, CallStatus.CANCELLED, CallStatus.CANCELLED]
+            assert started == [0, 1]  # the queued third never ran
+            stats = act.statistics()
+            assert (stats.running, stats.pending, stats.cancelled) == (0, 0, 2)
+            assert_balanced(stats)
+
+    async def test_the_activity_s_cancel_reaches_a_blocking_call_a_runner_handed_on(
+        self,
+    ) -> None:
+        # A runner hands a blocking call on to a thread and ends: the call is
+        # back in the activity's set of running calls, and cancel() ends it.
+        release = anyio.Event()
+        entered = anyio.Event()
+        gate = threading.Event()
+
+        async def first() -> str:
+            await release.wait()
+            return "first"
+
+        def blocking() -> str:
+            entered_from_thread()
+            gate.wait(LIMIT)
+            return "blocking"
+
+        token = anyio.lowlevel.current_token()
+
+        def entered_from_thread() -> None:
+            anyio.from_thread.run_sync(entered.set, token=token)
+
+        async with Activity(max_concurrency=1, max_pending=10) as act:
+            calls = [
+                await act.asynchronous_call(first),
+                await act.asynchronous_call(blocking),
+            ]
+            release.set()
+            with anyio.fail_after(LIMIT):
+                await entered.wait()
+            assert calls[1].status is CallStatus.RUNNING
+            act.cancel("enough")
+            try:
+                await settle(calls)
+            finally:
+                gate.set()
+            assert [c.status for c in calls] == [CallStatus.COMPLETED, CallStatus.CANCELLED]
             assert_balanced(act.statistics())
 
     async def test_the_freed_place_goes_to_any_kind_of_call_in_order(self) -> None:

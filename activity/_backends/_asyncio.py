@@ -221,8 +221,11 @@ class AsyncioDispatcher:
                 if not is_coroutine(coro):
                     loop.call_soon(activity.finish, call, *outcome_of_result(call, coro))
                     return
-            runner = Runner()
+            runner = Runner(call)
             call.future = runner
+            # The runner holds the call from now on (see CoreState.runners).
+            activity.runners.add(runner)
+            activity.running_calls.discard(call)
             steps = cast("Coroutine[Any, Any, None]", self._task_coroutine(runner, call, coro))
             runner.task = loop.create_task(steps, context=self._runner_context)
         else:
@@ -254,112 +257,116 @@ class AsyncioDispatcher:
         finish = host.finish
         task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         run = context_run
-        while True:
-            context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-            # Unbound: neither a bound method of the context nor one of the coroutine per call.
-            send: Callable[[Any, Any], Any] = (
-                coroutine_send if type(coro) is _CoroutineType else type(coro).send
-            )
-            value: Any = None
-            error: BaseException | None = None
-            if runner.cancel_pending:  # cancelled before its first step
-                runner.cancel_pending = False
-                error = asyncio.CancelledError()
-            stopped: BaseException | None = None
-            outcome: Outcome | None = None
+        try:
             while True:
-                try:
-                    yielded = (
-                        run(context, send, coro, value)
-                        if error is None
-                        else run(context, coro.throw, error)
-                    )
-                except StopIteration as stop:
-                    value = stop.value
-                    if type(value) in CHECKED_RESULTS:
-                        outcome = outcome_of_result(call, value)
-                    break
-                except asyncio.CancelledError as exc:
-                    if task.cancelling() > runner.requested:
-                        # The runner task itself was cancelled, not for the call (the
-                        # loop is ending, or the body cancelled its task): the call
-                        # ends, and so does the runner.
-                        stopped = exc
-                        outcome = CANCELLED, None, None
-                    else:
-                        outcome = cancelled_outcome(call)
-                    break
-                except BaseException as exc:
-                    outcome = FAILED, None, exc
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                        stopped = exc
-                    break
-                value = error = None
-                if runner.cancel_pending and yielded is not None:
-                    # Asked while the body ran: the future it now waits on is cancelled
-                    # as the step ends, as for a task whose cancel() came during its step.
+                context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                # Unbound: neither a bound method of the context nor one of the coroutine per call.
+                send: Callable[[Any, Any], Any] = (
+                    coroutine_send if type(coro) is _CoroutineType else type(coro).send
+                )
+                value: Any = None
+                error: BaseException | None = None
+                if runner.cancel_pending:  # cancelled before its first step
                     runner.cancel_pending = False
-                    task.cancel()
-                    runner.requested += 1
-                runner.waiting_on = yielded
-                try:
-                    value = yield yielded
-                except GeneratorExit:
-                    run(context, coro.close)
-                    raise
-                except BaseException as exc:
-                    error = exc
-                runner.waiting_on = None
-                if runner.cancel_pending:
-                    runner.cancel_pending = False
-                    if error is None:
-                        error = asyncio.CancelledError()
-            if runner.requested:
-                runner.undo_requests()
-            runner.cancel_pending = False
-            extras = call.extras
-            if extras is not None and extras.timer is not None:
-                extras.timer.cancel()
-                extras.timer = None
-            call.future = None
-            if outcome is None:
-                following = complete(call, value)
-            else:
-                # Settled in the call's context, where a task's done callback would run.
-                following = run(context, finish, call, *outcome, stopped is None)
-            if stopped is not None:
-                raise stopped
-            while following is not None:
-                # The call that took the place: its body runs here, unless it is a
-                # blocking one or enters a domain (start() runs those).
-                call = following
-                following = None
-                kind = call.kind
-                if kind is BLOCKING or host.domain is not None:
-                    self.start(call)
+                    error = asyncio.CancelledError()
+                stopped: BaseException | None = None
+                outcome: Outcome | None = None
+                while True:
+                    try:
+                        yielded = (
+                            run(context, send, coro, value)
+                            if error is None
+                            else run(context, coro.throw, error)
+                        )
+                    except StopIteration as stop:
+                        value = stop.value
+                        if type(value) in CHECKED_RESULTS:
+                            outcome = outcome_of_result(call, value)
+                        break
+                    except asyncio.CancelledError as exc:
+                        if task.cancelling() > runner.requested:
+                            # The runner task itself was cancelled, not for the call (the
+                            # loop is ending, or the body cancelled its task): the call
+                            # ends, and so does the runner.
+                            stopped = exc
+                            outcome = CANCELLED, None, None
+                        else:
+                            outcome = cancelled_outcome(call)
+                        break
+                    except BaseException as exc:
+                        outcome = FAILED, None, exc
+                        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                            stopped = exc
+                        break
+                    value = error = None
+                    if runner.cancel_pending and yielded is not None:
+                        # Asked while the body ran: the future it now waits on is cancelled
+                        # as the step ends, as for a task whose cancel() came during its step.
+                        runner.cancel_pending = False
+                        task.cancel()
+                        runner.requested += 1
+                    runner.waiting_on = yielded
+                    try:
+                        value = yield yielded
+                    except GeneratorExit:
+                        run(context, coro.close)
+                        raise
+                    except BaseException as exc:
+                        error = exc
+                    runner.waiting_on = None
+                    if runner.cancel_pending:
+                        runner.cancel_pending = False
+                        if error is None:
+                            error = asyncio.CancelledError()
+                if runner.requested:
+                    runner.undo_requests()
+                runner.cancel_pending = False
+                extras = call.extras
+                if extras is not None and extras.timer is not None:
+                    extras.timer.cancel()
+                    extras.timer = None
+                call.future = None
+                if outcome is None:
+                    following = complete(call, value)
+                else:
+                    # Settled in the call's context, where a task's done callback would run.
+                    following = run(context, finish, call, *outcome, stopped is None)
+                if stopped is not None:
+                    raise stopped
+                while following is not None:
+                    # The call that took the place: its body runs here, unless it is a
+                    # blocking one or enters a domain (start() runs those).
+                    call = runner.call = following
+                    following = None
+                    kind = call.kind
+                    if kind is BLOCKING or host.domain is not None:
+                        host.running_calls.add(call)  # start() runs it, not a runner
+                        self.start(call)
+                        return
+                    if kind is COROUTINE:
+                        coro = call.fn
+                        break
+                    context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+                    args = call.args
+                    try:
+                        # Without arguments: no bound method, no tuple to unpack.
+                        coro = context.run(call.fn, *args) if args else context.run(call.fn)
+                    except BaseException as exc:
+                        if isinstance(exc, StopIteration):
+                            exc = stop_iteration_error(exc)
+                        following = context.run(finish, call, FAILED, None, exc, True)
+                        continue
+                    if type(coro) is _CoroutineType:
+                        break
+                    following = context.run(finish, call, *outcome_of_result(call, coro), True)
+                else:
                     return
-                if kind is COROUTINE:
-                    coro = call.fn
-                    break
-                context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-                args = call.args
-                try:
-                    # Without arguments: no bound method, no tuple to unpack.
-                    coro = context.run(call.fn, *args) if args else context.run(call.fn)
-                except BaseException as exc:
-                    if isinstance(exc, StopIteration):
-                        exc = stop_iteration_error(exc)
-                    following = context.run(finish, call, FAILED, None, exc, True)
-                    continue
-                if type(coro) is _CoroutineType:
-                    break
-                following = context.run(finish, call, *outcome_of_result(call, coro), True)
-            else:
-                return
-            call.future = runner
-            extras = call.extras
-            if extras is not None and extras.timeout is not None:
-                extras.timer = self._loop.call_later(extras.timeout, self._on_timeout, call)
+                call.future = runner
+                extras = call.extras
+                if extras is not None and extras.timeout is not None:
+                    extras.timer = self._loop.call_later(extras.timeout, self._on_timeout, call)
+        finally:
+            host.runners.discard(runner)
 
     if sys.version_info >= (3, 12):
         _task_coroutine = _runner

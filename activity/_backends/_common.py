@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .._apartment import Apartment
     from .._config import ActivityConfig
     from .._context import Frame, SynchronizationDomain
+    from ._runner import Runner
 
     #: Starts ``fn()`` as a task on a loop, in ``context``, from another thread;
     #: raises ``anyio.RunFinishedError`` if the loop has finished.
@@ -83,6 +84,16 @@ class DispatchHost(Protocol):
 
     @property
     def bound_to_loop(self) -> bool: ...
+    @property
+    def running_calls(self) -> set[BaseCall[Any]]:
+        """Its running calls that no runner holds (the activity's ``cancel()`` reaches them)."""
+        ...
+
+    @property
+    def runners(self) -> set[Runner]:
+        """Its runners, each holding the call it runs (see ``_runner``)."""
+        ...
+
     def finish(
         self,
         call: BaseCall[Any],

@@ -53,10 +53,13 @@ __all__ = ["Runner"]
 class Runner:
     """One runner task, and how to cancel the call it drives now."""
 
-    __slots__ = ("cancel_pending", "next_call", "requested", "task", "waiting_on")
+    __slots__ = ("call", "cancel_pending", "next_call", "requested", "task", "waiting_on")
 
-    def __init__(self) -> None:
+    def __init__(self, call: BaseCall[Any]) -> None:
         self.task: asyncio.Task[None] | None = None
+        #: The call it runs now, or ran last: how the activity's ``cancel()`` finds
+        #: it (a call on a runner is not in the activity's set of running calls).
+        self.call = call
         #: The future the current call's body waits on, if any.
         self.waiting_on: Any = None
         #: A cancellation asked while the body was not waiting on a future: it is

@@ -199,23 +199,31 @@ class TrioDispatcher:
         context; each later one is driven step by step inside its own context,
         in a cancel scope of its own, so that nothing of one call reaches the next.
         """
-        runner = Runner()
-        outcome = await self._run(call, ticket, False, runner)
-        while True:
-            if outcome[0] is CANCELLED and outcome[2] is not None:
-                raise outcome[2]  # the host's cancellation: the runner ends with its call
-            following = runner.next_call
-            if following is None:
-                return
-            runner.next_call = None
-            call = following
-            if call.kind is BLOCKING or self.host.domain is not None:
-                # A blocking call's thread may outlive a cancellation inside the
-                # call's own context, which a runner would then enter to settle it;
-                # a call that enters a domain takes its place in the domain's line.
-                self.start(call)
-                return
-            outcome = await self._run(call, None, True, runner)
+        host = self.host
+        runner = Runner(call)
+        # The runner holds the call from now on (see CoreState.runners).
+        host.runners.add(runner)
+        host.running_calls.discard(call)
+        try:
+            outcome = await self._run(call, ticket, False, runner)
+            while True:
+                if outcome[0] is CANCELLED and outcome[2] is not None:
+                    raise outcome[2]  # the host's cancellation: the runner ends with its call
+                following = runner.next_call
+                if following is None:
+                    return
+                runner.next_call = None
+                call = runner.call = following
+                if call.kind is BLOCKING or host.domain is not None:
+                    # A blocking call's thread may outlive a cancellation inside the
+                    # call's own context, which a runner would then enter to settle it;
+                    # a call that enters a domain takes its place in the domain's line.
+                    host.running_calls.add(call)  # until the runner that start() makes holds it
+                    self.start(call)
+                    return
+                outcome = await self._run(call, None, True, runner)
+        finally:
+            host.runners.discard(runner)
 
     async def _blocking(self, call: BaseCall[Any], run: Callable[..., Any]) -> Any:
         if self.host.bound_to_loop:
