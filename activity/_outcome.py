@@ -36,7 +36,7 @@ from ._call import (
     CallStatus,
     InlineCall,
 )
-from ._context import frame_var
+from ._context import frame_var, set_frame
 from ._core import MAX_KEPT_FAILURES, OPEN, CoreState, State
 from ._errors import ActivityClosedError, ActivityError, CallCancelledError
 from ._submit import Submitting
@@ -150,8 +150,20 @@ class Settling(Submitting):
         if flags & HOLDS_SLOT:
             call.flags = flags ^ HOLDS_SLOT
             admission = self.admission
+            queue = admission.queue
+            if queue and not admission.waiters:
+                # pump(end, True) for the common case: the oldest queued call is
+                # this activity's own, and takes the place as it is (no count of
+                # places freed, then taken again).
+                following = queue[0]
+                if following.state is PENDING and following.host is self:
+                    queue.popleft()
+                    self.started_from_queue(following, end)
+                    if not following.flags & SYNCHRONOUS:
+                        following.context.run(set_frame, following)  # type: ignore[union-attr]
+                    return following
             admission.slots -= 1
-            if admission.queue or admission.waiters:
+            if queue or admission.waiters:
                 taken = self.pump(end, True)
         if taken is None and self.idle_event is not None:
             self.signal_if_idle()

@@ -294,32 +294,15 @@ class Submitting(CoreState):
         queue = admission.queue
         while True:
             if queue and admission.slots < admission.max_concurrency:
-                # The oldest live call takes the place (started_queued(), inlined: the
-                # queue's hot path).
+                # The oldest live call takes the place.
                 call = queue.popleft()
                 if call.state is not PENDING:
                     continue  # cancelled while it waited: a tombstone
                 host: Submitting = call.host  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-                host.counters.started += 1
-                admission.pending -= 1
                 admission.slots += 1
-                call.flags |= HOLDS_SLOT
-                call.state = RUNNING
                 if not now:
                     now = perf_counter_ns()
-                waited = now - call.stamp
-                call.stamp = now
-                waits = host.waits
-                if waited < SHORT:  # Histogram.add(), inlined
-                    waits.counts[SHORT_BUCKETS[waited >> 8]] += 1
-                elif waited < LONG:
-                    waits.counts[LONG_BUCKETS[waited >> 16]] += 1
-                else:
-                    waits.counts[bucket_of(waited)] += 1
-                if waited > waits.max:  # noqa: PLR1730  # max() is a call
-                    waits.max = waited
-                if _tracking.hook is not None:
-                    _tracking.hook.started(host, call, waited)
+                host.started_from_queue(call, now)
                 if take and taken is None and host is self:
                     # launch(), but the runner that asked starts it (and holds it:
                     # not in running_calls, see CoreState.runners).
@@ -342,6 +325,31 @@ class Submitting(CoreState):
             else:
                 admission.accept_pending(call)
             waiter.event.set()
+
+    def started_from_queue(self, call: BaseCall[Any], now: int) -> None:
+        """Count a call of this activity that left the queue for a place, at ``now``.
+
+        The caller took the call out of the queue and gave it a place; its
+        wait ends and its run begins (``Admission``'s and the counters' part of
+        starting it, and the wait's histogram).
+        """
+        self.counters.started += 1
+        self.admission.pending -= 1
+        call.flags |= HOLDS_SLOT
+        call.state = RUNNING
+        waited = now - call.stamp
+        call.stamp = now
+        waits = self.waits
+        if waited < SHORT:  # Histogram.add(), inlined: the queue's hot path
+            waits.counts[SHORT_BUCKETS[waited >> 8]] += 1
+        elif waited < LONG:
+            waits.counts[LONG_BUCKETS[waited >> 16]] += 1
+        else:
+            waits.counts[bucket_of(waited)] += 1
+        if waited > waits.max:  # noqa: PLR1730  # max() is a call
+            waits.max = waited
+        if _tracking.hook is not None:
+            _tracking.hook.started(self, call, waited)
 
     @staticmethod
     def started_queued(call: BaseCall[Any], now: int) -> None:
