@@ -257,13 +257,13 @@ class AsyncioDispatcher:
         finish = host.finish
         task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         run = context_run
+        # Unbound: neither a bound method of the context nor one of the coroutine per call.
+        send: Callable[[Any, Any], Any] = (
+            coroutine_send if type(coro) is _CoroutineType else type(coro).send
+        )
         try:
             while True:
                 context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
-                # Unbound: neither a bound method of the context nor one of the coroutine per call.
-                send: Callable[[Any, Any], Any] = (
-                    coroutine_send if type(coro) is _CoroutineType else type(coro).send
-                )
                 value: Any = None
                 error: BaseException | None = None
                 if runner.cancel_pending:  # cancelled before its first step
@@ -335,16 +335,18 @@ class AsyncioDispatcher:
                     raise stopped
                 while following is not None:
                     # The call that took the place: its body runs here, unless it is a
-                    # blocking one or enters a domain (start() runs those).
+                    # blocking one (start() runs those).
                     call = runner.call = following
                     following = None
+                    # (No domain to enter: a runner runs only for an activity without one.)
                     kind = call.kind
-                    if kind is BLOCKING or host.domain is not None:
+                    if kind is BLOCKING:
                         host.running_calls.add(call)  # start() runs it, not a runner
                         self.start(call)
                         return
                     if kind is COROUTINE:
                         coro = call.fn
+                        send = coroutine_send if type(coro) is _CoroutineType else type(coro).send
                         break
                     context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                     args = call.args
@@ -357,6 +359,7 @@ class AsyncioDispatcher:
                         following = context.run(finish, call, FAILED, None, exc, True)
                         continue
                     if type(coro) is _CoroutineType:
+                        send = coroutine_send
                         break
                     following = context.run(finish, call, *outcome_of_result(call, coro), True)
                 else:
