@@ -13,7 +13,7 @@ from asyncio import _get_running_loop  # pyright: ignore[reportPrivateUsage]  # 
 from contextvars import copy_context
 from threading import get_ident
 from time import perf_counter_ns
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 from . import _tracking
@@ -88,21 +88,7 @@ class Submitting(CoreState):
             # (coroutine or plain) without options, on the activity's own thread
             # while it is open, and no call-local values to copy.
             code = fn.__code__
-            kind: Kind | None
-            if code is self.last_code:  # the same function again, most often
-                kind = self.last_kind
-            else:
-                flags = code.co_flags
-                kind = (
-                    COROUTINE_FUNCTION
-                    if flags & CO_COROUTINE
-                    else None
-                    if flags & CO_GENERATORS
-                    else BLOCKING
-                )
-                if kind is not None:
-                    self.last_code = code
-                    self.last_kind = kind
+            kind = self.last_kind if code is self.last_code else self.kind_of_code(code)
             if kind is not None:  # else a generator function: validate() says why not
                 frame = get_frame()
                 new_submitted = self.new_submitted  # a slot: called as a method, not specialized
@@ -117,6 +103,24 @@ class Submitting(CoreState):
                 )
         kind, body, target, call_timeout = self.validate(fn, args, timeout, name)
         return self.new_call(kind, body, args, target, name, call_timeout, frame_var.get(), False)
+
+    def kind_of_code(self, code: CodeType) -> Kind | None:
+        """How a plain function of ``code`` runs (``None``: a generator function).
+
+        Remembered for the fast paths of submission, which read a function's
+        flags only for a code object other than the last one: the same function
+        is most often submitted again.
+        """
+        flags = code.co_flags
+        if flags & CO_COROUTINE:
+            kind = COROUTINE_FUNCTION
+        elif flags & CO_GENERATORS:
+            return None
+        else:
+            kind = BLOCKING
+        self.last_code = code
+        self.last_kind = kind
+        return kind
 
     def admit(self, call: BaseCall[Any]) -> bool:
         """Start ``call`` now or queue it, if that overtakes no one; else return ``False``.

@@ -39,7 +39,6 @@ from ._call import (
 from ._context import begin_wait, check_wait, end_wait, frame_var, get_frame, set_frame
 from ._errors import WouldDeadlockError
 from ._outcome import Settling
-from ._validate import CO_COROUTINE, CO_GENERATORS
 
 #: The task running on a loop: ``asyncio.current_task(loop)``.
 task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
@@ -97,15 +96,20 @@ class Synchronous(Settling):
             and ((loop := _get_running_loop()) is not None or get_ident() == self.thread_id)
             and loop is self.loop
             and (
-                (flags := fn.__code__.co_flags) & CO_COROUTINE
-                or not (flags & CO_GENERATORS or self.apartment or self.bound_to_loop)
+                (
+                    kind := self.last_kind
+                    if (code := fn.__code__) is self.last_code
+                    else self.kind_of_code(code)
+                )
+                is COROUTINE_FUNCTION
+                or (kind is BLOCKING and not (self.apartment or self.bound_to_loop))
             )
         ):
             # The common cases, inline: a coroutine function, or a plain function for
             # the worker threads, that may start at once, with no domain to enter and
             # no timeout to arm. The steps of the general path below, without the
             # branches that cannot apply.
-            blocking = not flags & CO_COROUTINE
+            blocking = kind is BLOCKING
             frame = get_frame()
             admission = self.admission
             if frame is None:

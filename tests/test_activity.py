@@ -660,6 +660,39 @@ class TestCalls:
             with pytest.raises(InvalidArgumentError, match="generator"):
                 await act.asynchronous_call(agen)
 
+    async def test_a_function_whose_code_changed_is_read_anew(self) -> None:
+        # The fast paths remember the last function's code object and its kind:
+        # a function given other code is classified by its new code. A plain
+        # function runs on a worker thread, a coroutine function on the loop's.
+        async def coroutine() -> int:
+            return threading.get_ident()
+
+        def plain() -> int:
+            return threading.get_ident()
+
+        async def agen() -> Any:
+            yield 1
+
+        def target() -> int:
+            return threading.get_ident()
+
+        loop_thread = threading.get_ident()
+        async with Activity() as act:
+            assert await act.synchronous_call(target) != loop_thread
+            assert await (await act.asynchronous_call(target)) != loop_thread
+            target.__code__ = coroutine.__code__
+            assert await act.synchronous_call(target) == loop_thread
+            assert await (await act.asynchronous_call(target)) == loop_thread
+            target.__code__ = agen.__code__
+            with pytest.raises(InvalidArgumentError, match="generator"):
+                await act.asynchronous_call(target)
+            with pytest.raises(InvalidArgumentError, match="generator"):
+                await act.synchronous_call(target)
+            target.__code__ = plain.__code__
+            assert await act.synchronous_call(target) != loop_thread
+            assert await (await act.asynchronous_call(target)) != loop_thread
+            assert_balanced(act.statistics())
+
     async def test_synchronous_call_raises_own_exception_with_traceback(self) -> None:
         async with Activity() as act:
             with pytest.raises(ValueError, match="boom") as info:
