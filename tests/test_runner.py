@@ -330,6 +330,32 @@ class TestTheTaskItRunsIn:
             assert nxt.result() == "after"
             assert_balanced(act.statistics())
 
+    async def test_a_runner_task_cancelled_before_its_first_step_ends_its_call(self) -> None:
+        # Code that cancels every task (a shutdown's sweep) may reach a runner
+        # before its first step: the call ends cancelled without running, as a
+        # task of its own would, the calls queued behind it still run, and the
+        # activity can close.
+        ran: list[str] = []
+
+        async def body(tag: str) -> str:
+            ran.append(tag)
+            await asyncio.sleep(0)
+            return tag
+
+        async with Activity(max_concurrency=1, max_pending=10) as act:
+            before = asyncio.all_tasks()
+            first = await act.asynchronous_call(body, "first")
+            behind = await act.asynchronous_call(body, "behind")
+            started = asyncio.all_tasks() - before
+            assert len(started) == 1  # the runner of the first call, not yet stepped
+            for task in started:
+                task.cancel()
+            await settle([first, behind])
+            assert first.status is CallStatus.CANCELLED
+            assert behind.result() == "behind"
+            assert ran == ["behind"]
+            assert_balanced(act.statistics())
+
     async def test_asyncio_timeout_inside_a_call_stays_inside_it(self) -> None:
         async def timed() -> bool:
             try:

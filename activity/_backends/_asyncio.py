@@ -227,6 +227,7 @@ class AsyncioDispatcher:
             activity.runners.add(runner)
             activity.running_calls.discard(call)
             steps = cast("Coroutine[Any, Any, None]", self._task_coroutine(runner, call, coro))
+            steps.send(None)  # primed: a cancellation before its first step reaches it
             runner.task = loop.create_task(steps, context=self._runner_context)
         else:
             self._start_task(call, self._run_wrapped(call), context)
@@ -255,17 +256,29 @@ class AsyncioDispatcher:
         # No bound method of the host kept in a local: a runner's frame lives as long
         # as the runner, 64 bytes each for every call in flight.
         host = self.host
-        task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
         run = context_run
         # Unbound: neither a bound method of the context nor one of the coroutine per call.
         send: Callable[[Any, Any], Any] = (
             coroutine_send if type(coro) is _CoroutineType else type(coro).send
         )
+        error: BaseException | None = None
         try:
+            try:
+                # start() primes the generator to here, before it becomes the task's:
+                # a task cancelled before its first step has the cancellation thrown
+                # in here, and it goes on into the body, which ends the call as
+                # cancelled as it would end a task of the call's own (and a coroutine
+                # never started does not run).
+                yield None
+            except GeneratorExit:
+                run(call.context, coro.close)
+                raise
+            except BaseException as exc:
+                error = exc
+            task: asyncio.Task[None] = runner.task  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
             while True:
                 context: Context = call.context  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
                 value: Any = None
-                error: BaseException | None = None
                 if runner.cancel_pending:  # cancelled before its first step
                     runner.cancel_pending = False
                     error = asyncio.CancelledError()
@@ -338,6 +351,7 @@ class AsyncioDispatcher:
                     # blocking one (start() runs those).
                     call = runner.call = following
                     following = None
+                    error = None
                     # (No domain to enter: a runner runs only for an activity without one.)
                     kind = call.kind
                     if kind is BLOCKING:
