@@ -29,7 +29,9 @@ next call. A call that is not waiting (not started yet, or cancelled by its own
 body) gets the cancellation thrown in at its next step. A cancellation of the
 runner task that nobody asked of a call (the loop shutting down, or code that
 cancels ``asyncio.current_task()``) ends the call as cancelled and ends the
-runner, as it would end a task of the call's own.
+runner, as it would end a task of the call's own; so does one that comes
+before the runner's first step, since the runner is primed before its task
+takes it (a coroutine that never started has nowhere to catch it).
 
 What a call may assume: ``asyncio.current_task()`` is the task that runs it,
 which may run other calls of the activity before and after it (never at the
