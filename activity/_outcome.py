@@ -36,7 +36,7 @@ from ._call import (
     CallStatus,
     InlineCall,
 )
-from ._context import frame_var, set_frame
+from ._context import frame_var
 from ._core import MAX_KEPT_FAILURES, OPEN, CoreState, State
 from ._errors import ActivityClosedError, ActivityError, CallCancelledError
 from ._submit import Submitting
@@ -158,9 +158,7 @@ class Settling(Submitting):
                 following = queue[0]
                 if following.state is PENDING and following.host is self:
                     queue.popleft()
-                    self.started_from_queue(following, end)
-                    if not following.flags & SYNCHRONOUS:
-                        following.context.run(set_frame, following)  # type: ignore[union-attr]
+                    self.started_from_queue(following, end, True)
                     return following
             admission.slots -= 1
             if queue or admission.waiters:

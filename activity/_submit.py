@@ -306,12 +306,11 @@ class Submitting(CoreState):
                 admission.slots += 1
                 if not now:
                     now = perf_counter_ns()
-                host.started_from_queue(call, now)
-                if take and taken is None and host is self:
-                    # launch(), but the runner that asked starts it (and holds it:
-                    # not in running_calls, see CoreState.runners).
-                    if not call.flags & SYNCHRONOUS:
-                        call.context.run(set_frame, call)  # type: ignore[union-attr]
+                # The runner that asked starts the first of its activity's calls (and
+                # holds it: not in running_calls, see CoreState.runners).
+                taking = take and taken is None and host is self
+                host.started_from_queue(call, now, taking)
+                if taking:
                     taken = call
                 else:
                     host.launch(call)
@@ -330,12 +329,13 @@ class Submitting(CoreState):
                 admission.accept_pending(call)
             waiter.event.set()
 
-    def started_from_queue(self, call: BaseCall[Any], now: int) -> None:
+    def started_from_queue(self, call: BaseCall[Any], now: int, taken: bool) -> None:
         """Count a call of this activity that left the queue for a place, at ``now``.
 
         The caller took the call out of the queue and gave it a place; its
         wait ends and its run begins (``Admission``'s and the counters' part of
-        starting it, and the wait's histogram).
+        starting it, and the wait's histogram). ``taken``: a runner runs it next,
+        so its frame is set here (``launch()`` sets it otherwise).
         """
         self.counters.started += 1
         self.admission.pending -= 1
@@ -354,6 +354,8 @@ class Submitting(CoreState):
             waits.max = waited
         if _tracking.hook is not None:
             _tracking.hook.started(self, call, waited)
+        if taken and not call.flags & SYNCHRONOUS:
+            call.context.run(set_frame, call)  # type: ignore[union-attr]
 
     @staticmethod
     def started_queued(call: BaseCall[Any], now: int) -> None:
