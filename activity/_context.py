@@ -308,9 +308,17 @@ def end_wait(chain: object, waited: object) -> None:
             waits.remove(waited)
 
 
+def _in_asyncio_task() -> bool:
+    """Whether an asyncio task (not trio) runs this, so that ``asyncio.timeout`` applies."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no asyncio loop runs here: trio
+        return False
+
+
 async def _wait_at_most(ticket: Event, timeout: float) -> None:
     """Wait for ``ticket`` for up to ``timeout`` seconds; the caller reads whether it came."""
-    if isinstance(ticket, asyncio.Event):
+    if _in_asyncio_task():
         # The loop's own timeout on asyncio (and uvloop): no cancel scope to set up.
         try:
             async with asyncio.timeout(timeout):

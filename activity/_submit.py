@@ -30,7 +30,7 @@ from ._call import (
 )
 from ._config import Overflow
 from ._context import Frame, call_values, frame_var, get_frame, set_frame, visible_values
-from ._core import OPEN, CoreState
+from ._core import OPEN, CoreState, task_of
 from ._errors import ActivityClosedError, AsyncWorkRejectedError
 from ._tracking import LONG, LONG_BUCKETS, SHORT, SHORT_BUCKETS, EventKind, bucket_of
 from ._validate import (
@@ -79,9 +79,13 @@ class Submitting(CoreState):
             and name is None
             and timeout is None
             and self.state is OPEN
-            # On asyncio, running its loop is being on its thread; trio has no loop.
-            and ((loop := _get_running_loop()) is not None or get_ident() == self.thread_id)
-            and loop is self.loop
+            # On its thread, in a task of its loop (see task_of); trio has no loop.
+            and get_ident() == self.thread_id
+            and (
+                task_of(loop) is not None
+                if (loop := self.loop) is not None
+                else _get_running_loop() is None
+            )
             and _tracking.hook is None
         ):
             # The common case, validate() and new_call() in one: a function
@@ -158,8 +162,7 @@ class Submitting(CoreState):
             and timeout is None
             and name is None
             and self.state is OPEN
-            and get_ident() == self.thread_id
-            and _get_running_loop() is self.loop
+            and self.on_own_loop()
         ):
             # The common cases: a function (coroutine or plain) without per-call
             # options, on the activity's own thread while it is open.

@@ -13,7 +13,6 @@ or waits in line for a place.
 from __future__ import annotations
 
 import asyncio
-import sys
 from asyncio import (
     _get_running_loop,  # pyright: ignore[reportPrivateUsage]  # in asyncio.events.__all__
 )
@@ -37,23 +36,11 @@ from ._call import (
     new_object,
 )
 from ._context import begin_wait, check_wait, end_wait, frame_var, get_frame, set_frame
+from ._core import task_of
 from ._errors import WouldDeadlockError
 from ._outcome import Settling
 
-#: The task running on a loop: ``asyncio.current_task(loop)``.
-task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]
-if sys.version_info >= (3, 12):
-    task_of = asyncio.current_task  # implemented in C from 3.12
-else:
-    # 3.11's current_task(loop) is a function in Python around this lookup: its
-    # frame alone was about 900 instructions of a synchronous call.
-    task_of = cast(
-        "dict[asyncio.AbstractEventLoop, asyncio.Task[Any]]", vars(asyncio.tasks)["_current_tasks"]
-    ).get
-
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ._backends._asyncio import AsyncioDispatcher
     from ._backends._trio import TrioDispatcher
     from ._core import CoreState
@@ -88,13 +75,18 @@ class Synchronous(Settling):
 
     async def synchronous_call(self, fn: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
         """Run ``fn(*args)`` in the activity; return its result (``Activity.synchronous_call``)."""
+        task: asyncio.Task[Any] | None = None  # the caller's, found on asyncio below
         if (
             self.fast_sync
             and type(fn) is FunctionType
             and timeout is None
-            # On asyncio, running its loop is being on its thread; trio has no loop.
-            and ((loop := _get_running_loop()) is not None or get_ident() == self.thread_id)
-            and loop is self.loop
+            # On its thread, in a task of its loop (see task_of); trio has no loop.
+            and get_ident() == self.thread_id
+            and (
+                (task := task_of(loop)) is not None
+                if (loop := self.loop) is not None
+                else _get_running_loop() is None
+            )
             and (
                 (
                     kind := self.last_kind
@@ -161,8 +153,7 @@ class Synchronous(Settling):
                             call = self.promote(inline, fn, args, reentrant)
                             return self.end_inline(call, CANCELLED, None, None)
                     else:
-                        # The caller's task, what the activity's cancel() cancels.
-                        task = task_of(loop)
+                        # The caller's task is what the activity's cancel() cancels.
                         # InlineCall(self, origin, causality, task), without the
                         # __init__ frame (about 600 instructions).
                         inline = new_object(InlineCall)
@@ -222,7 +213,7 @@ class Synchronous(Settling):
                             return self.end_inline(call, status, result, failure)
                     else:
                         # asyncio: the lent thread pool.
-                        task = call.future = task_of(loop)
+                        call.future = task
                         try:
                             dispatcher = cast("AsyncioDispatcher", self.dispatcher)
                             result = await dispatcher.in_thread(context.run, call)

@@ -17,6 +17,7 @@ import weakref
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
@@ -593,6 +594,73 @@ class TestCalls:
             assert await (await act.asynchronous_call(echo(6))) == 6
             assert await (await act.asynchronous_call(sum, [3, 4])) == 7
             assert await (await act.asynchronous_call(AsyncWork())) == "async on_call"
+
+    async def test_a_cancelled_waiter_leaves_the_others_waiting(self) -> None:
+        gate = Gate()
+        results: list[Any] = []
+        cancelled: list[bool] = []
+        async with Activity() as act:
+            call = await act.asynchronous_call(gate.wait, "done")
+
+            async def wait_for_call() -> None:
+                results.append(await call)
+
+            async def wait_cancelled(
+                *, task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED
+            ) -> None:
+                with anyio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await call
+                cancelled.append(scope.cancelled_caught)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_call)
+                scope = await tg.start(wait_cancelled)
+                tg.start_soon(wait_for_call)
+                await anyio.wait_all_tasks_blocked()  # all three wait for the call
+                scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                assert cancelled == [True]
+                assert results == []
+                gate.open()
+            assert results == ["done", "done"]
+            assert call.status is CallStatus.COMPLETED
+            assert await call == "done"
+
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],
+        ids=["asyncio", "uvloop"],
+    )
+    async def test_calls_on_the_loop_find_it_by_its_task(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # asyncio's _get_running_loop() asks the kernel for the process id on
+        # Python 3.11; a task of the activity's loop, running on its thread, is
+        # proof enough that the call is made in that loop.
+        from activity import _core, _submit, _sync
+
+        looked_up: list[int] = []
+        real = asyncio.events._get_running_loop  # pyright: ignore[reportPrivateUsage]
+
+        def counted() -> asyncio.AbstractEventLoop | None:
+            looked_up.append(1)
+            return real()
+
+        for module in (_core, _submit, _sync, asyncio.events, asyncio):
+            monkeypatch.setattr(module, "_get_running_loop", counted)
+        async with Activity(max_concurrency=2) as act:
+            looked_up.clear()  # opening an activity may look
+            assert await (await act.asynchronous_call(echo, 1)) == 1
+            assert await (await act.asynchronous_call(echo, 2, timeout=5, name="named")) == 2
+            assert await (await act.asynchronous_call(abs, -3)) == 3
+            assert await act.synchronous_call(echo, 4) == 4
+            assert await act.synchronous_call(echo, 5, timeout=5) == 5
+            assert await act.synchronous_call(abs, -6) == 6
+            assert await act.asynchronous_call_nowait(echo, 7) == 7
+            assert looked_up == []
+            with pytest.raises(WrongThreadError):  # the checks still refuse another thread
+                await anyio.to_thread.run_sync(act.asynchronous_call_nowait, echo, 8)
 
     async def test_call_ids_are_unique_and_kept_once_given(self) -> None:
         async with Activity(max_concurrency=1) as act:

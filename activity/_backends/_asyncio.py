@@ -93,6 +93,46 @@ async def _result_of_work(future: WorkItem, ended: asyncio.Future[None]) -> Any:
     return future.result()
 
 
+class Broadcast:
+    """An event that any number of tasks may wait on: ``asyncio.Event``, bound when made.
+
+    ``asyncio.Event`` finds the running loop on every ``wait()``, and
+    ``_get_running_loop()`` asks the kernel for the process id on Python 3.11,
+    once per awaited call. This one is made by the dispatcher for its loop. A
+    waiter cancelled while it waits leaves the others waiting.
+    """
+
+    __slots__ = ("_loop", "_set", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    def set(self) -> None:
+        """Set the event, waking every waiter."""
+        if not self._set:
+            self._set = True
+            for future in self._waiters:
+                if not future.done():
+                    future.set_result(True)
+
+    def is_set(self) -> bool:
+        """Whether the event was set."""
+        return self._set
+
+    async def wait(self) -> bool:
+        """Wait until the event is set (at once, if it is)."""
+        if self._set:
+            return True
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._waiters.append(future)
+        try:
+            return await future
+        finally:
+            self._waiters.remove(future)
+
+
 class Signal:
     """An event that one task at a time waits on: ``asyncio.Event`` without its list.
 
@@ -179,7 +219,7 @@ class AsyncioDispatcher:
         return await _result_of_work(future, ended)
 
     def new_event(self) -> Event:
-        return asyncio.Event()
+        return Broadcast(self._loop)
 
     def new_signal(self) -> Event:
         return Signal(self._loop)
