@@ -106,7 +106,7 @@ class Counters:
 
 
 class Event(Protocol):
-    """What ``asyncio.Event``, ``trio.Event`` and a backend's one-waiter signal offer."""
+    """What ``trio.Event`` and the asyncio backend's events (many waiters, or one) offer."""
 
     def set(self) -> None:
         """Set the event, waking its waiters."""
